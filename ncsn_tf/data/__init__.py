@@ -1,0 +1,49 @@
+"""Datasets: one entry point for toy 2-D data and images.
+
+`dataset_fn(config)` returns the function that
+`strategy.distribute_datasets_from_function` calls once per input pipeline;
+it yields per-replica batches float32 [batch / replicas, *data_shape(...)].
+"""
+
+import tensorflow as tf
+
+from ncsn_tf import config as config_lib
+from ncsn_tf.data import toy
+
+
+def data_shape(data: config_lib.DataConfig) -> tuple:
+  """The shape of one example: (2,) for toys, (H, W, C) for images."""
+  if data.is_toy:
+    return (toy.get_toy(data.dataset).dim,)
+  from ncsn_tf.data import images  # Images pull in tfds; toys should not.
+  return tuple(images.native_shape(data.dataset, data.image_size))
+
+
+def dataset_fn(config: config_lib.Config, *, split: str = 'train', shuffle: bool = True,
+               repeat: bool = True, seed_offset: int = 0, start_batch: int = 0):
+  """A function InputContext -> tf.data.Dataset of per-replica batches.
+
+  start_batch: batches each pipeline has already consumed (the global step
+    when resuming), so the data position survives a restart.
+  """
+  data = config.data
+  seed = config.seed + seed_offset
+
+  def make(input_context: tf.distribute.InputContext | None = None):
+    per_replica = (input_context.get_per_replica_batch_size(config.train.batch_size)
+                   if input_context else config.train.batch_size)
+    if data.is_toy:
+      # Held-out toy data is simply another stream of fresh samples.
+      split_seed = seed if split == 'train' else seed + 7919
+      return toy.toy_dataset(toy.get_toy(data.dataset), batch_size=per_replica,
+                             seed=split_seed, start_batch=start_batch,
+                             input_context=input_context)
+    from ncsn_tf.data import images
+    return images.image_dataset(
+        data.dataset, split=split, image_size=data.image_size, batch_size=per_replica,
+        data_dir=data.data_dir, data_path=data.data_path,
+        random_flip=data.random_flip and split == 'train',
+        logit_transform=data.logit_transform, shuffle=shuffle, repeat=repeat, seed=seed,
+        input_context=input_context)
+
+  return make

@@ -1,0 +1,102 @@
+"""SavedModel export for TF Serving: the serving contract of ncsn_tf.
+
+`<export_dir>/<version>/` holds a SavedModel with the signatures
+
+* `score`: x float32 [N, *data_shape], sigma_index int32 [N] -> score float32 [N, *data_shape]
+* `sample`: num_samples int32 [], seed int32 [] -> samples float32 [num_samples, *data_shape],
+  annealed Langevin dynamics at the config's settings (stateless: same seed,
+  same samples)
+* `serving_default` = `score`
+
+and the variables `sigmas` (the ladder) and the string `config_json`.
+Versions are integers; each is written beside the root and renamed into place,
+so a TF Serving process polling `export_dir` never sees half a model.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from ncsn_tf import config as config_lib
+from ncsn_tf import data as data_lib
+from ncsn_tf.sampling import langevin
+
+_TMP_PREFIX = '.tmp-'
+
+
+def initial_state(shape, num: tf.Tensor, seed: tf.Tensor, data: config_lib.DataConfig,
+                  plot_radius: float = 8.0) -> tf.Tensor:
+  """The sampler's starting points: uniform on [-r, r]^2 for toys, U[0, 1] for images."""
+  full_shape = tf.concat([[num], tf.constant(shape, tf.int32)], 0)
+  if data.is_toy:
+    return tf.random.stateless_uniform(full_shape, seed, -plot_radius, plot_radius)
+  return tf.random.stateless_uniform(full_shape, seed, 0.0, 1.0)
+
+
+class ScoreModule(tf.Module):
+  """The exported module; build with the (EMA) score model and the Config."""
+
+  def __init__(self, score_model, config: config_lib.Config, sigmas: np.ndarray):
+    super().__init__(name='ncsn')
+    # Track the weights, not the Keras model itself: a tracked Keras 3 model
+    # adds its own single-input serving function, which this model cannot trace.
+    self.model_variables = list(score_model.weights)
+    self.__dict__['score_model'] = score_model
+    self.sigmas = tf.Variable(np.asarray(sigmas, np.float32), trainable=False, name='sigmas')
+    self.config_json = tf.Variable(config.to_json(), trainable=False, name='config_json')
+    self._config = config
+    self._shape = tuple(data_lib.data_shape(config.data))
+    x_spec = tf.TensorSpec([None, *self._shape], tf.float32, name='x')
+    index_spec = tf.TensorSpec([None], tf.int32, name='sigma_index')
+    self.score = tf.function(self._score, input_signature=[x_spec, index_spec])
+    self.sample = tf.function(self._sample, input_signature=[
+        tf.TensorSpec([], tf.int32, name='num_samples'), tf.TensorSpec([], tf.int32, name='seed')])
+
+  def _score(self, x, sigma_index):
+    return {'score': tf.cast(self.score_model(x, sigma_index), tf.float32)}
+
+  def _sample(self, num_samples, seed):
+    cfg = self._config
+    init_seed = tf.stack([seed, tf.constant(0)])
+    chain_seed = tf.stack([seed, tf.constant(1)])
+    x_init = initial_state(self._shape, num_samples, init_seed, cfg.data)
+    samples = langevin.annealed_langevin_dynamics(
+        lambda x, i: self.score_model(x, i), x_init, self.sigmas,
+        n_steps_each=cfg.sampling.n_steps_each, step_lr=cfg.sampling.step_lr, seed=chain_seed,
+        denoise=cfg.sampling.denoise)
+    if not cfg.data.is_toy and not cfg.data.logit_transform:
+      samples = tf.clip_by_value(samples, 0.0, 1.0)
+    return {'samples': samples}
+
+
+def next_version(export_dir: str) -> int:
+  """1 + the largest integer version already in `export_dir` (1 if none)."""
+  if not os.path.isdir(export_dir):
+    return 1
+  versions = [int(d) for d in os.listdir(export_dir) if d.isdigit()]
+  return max(versions, default=0) + 1
+
+
+def export(score_model, config: config_lib.Config, sigmas: np.ndarray,
+           version: int | None = None) -> str:
+  """Writes a new SavedModel version atomically; returns its directory."""
+  export_dir = config.export.export_dir
+  os.makedirs(export_dir, exist_ok=True)
+  version = version or next_version(export_dir)
+  final = os.path.join(export_dir, str(version))
+  if os.path.exists(final):
+    raise FileExistsError(f'export version {final} already exists; choose another version')
+  tmp = os.path.join(export_dir, f'{_TMP_PREFIX}{version}-{os.getpid()}')
+  shutil.rmtree(tmp, ignore_errors=True)
+  module = ScoreModule(score_model, config, sigmas)
+  signatures = {'score': module.score, 'sample': module.sample, 'serving_default': module.score}
+  try:
+    tf.saved_model.save(module, tmp, signatures=signatures)
+    os.rename(tmp, final)  # Atomic on one filesystem: a version is whole or absent.
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  logging.info('exported SavedModel to %s', final)
+  return final

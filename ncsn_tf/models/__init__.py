@@ -1,0 +1,28 @@
+"""Score networks: `build_model(config, data_shape)` picks one from the Config."""
+
+import keras
+
+from ncsn_tf import config as config_lib
+from ncsn_tf import sigmas as sigmas_lib
+
+
+def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
+  """A built noise-conditional score model s(x, sigma_index) -> same shape as x."""
+  m = config.model
+  sigmas = sigmas_lib.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
+  if m.name == 'mlp':
+    from ncsn_tf.models.mlp import NoiseConditionalMLP
+    model = NoiseConditionalMLP(data_dim=data_shape[0], sigmas=sigmas.tolist(),
+                                hidden_units=m.ngf, num_layers=m.num_layers,
+                                scale_by_sigma=m.scale_by_sigma, name='score_mlp')
+    return model.build_for()
+  if m.name == 'refinenet':
+    from ncsn_tf.models.refinenet import CondRefineNetDilated
+    height, _, channels = data_shape
+    model = CondRefineNetDilated(ngf=m.ngf, num_classes=m.num_scales, image_size=height,
+                                 channels=channels, logit_transform=config.data.logit_transform,
+                                 name='cond_refinenet_dilated')
+    import numpy as np
+    model(np.zeros((1,) + tuple(data_shape), np.float32), np.zeros((1,), np.int32))
+    return model
+  raise ValueError(f'unknown model {m.name!r}')
