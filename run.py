@@ -30,9 +30,16 @@ def main(argv):
     train_lib.configure_cpu_replicas(config.train.num_cpu_replicas)
   from ncsn_tf import modes  # Imported late: TensorFlow loads only for valid configs.
   logging.info('%s: mode=%s workdir=%s', config.name, config.mode, config.workdir)
+  from ncsn_tf import train_lib
   try:
     modes.MODES[config.mode](config)
-  except FileNotFoundError as e:
+  except config_lib.ConfigError as e:  # e.g. a workdir of a different configuration
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  except train_lib.TrainingInterrupted as e:  # SIGTERM/SIGINT: saved, resumable
+    print(f'stopped: {e}', file=sys.stderr)
+    return 128 + int(e.signum)
+  except (FileNotFoundError, train_lib.NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

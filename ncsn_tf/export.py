@@ -6,6 +6,8 @@
 * `sample`: num_samples int32 [], seed int32 [] -> samples float32 [num_samples, *data_shape],
   annealed Langevin dynamics at the config's settings (stateless: same seed,
   same samples)
+* `inpaint` (image models): images float32 [N, *data_shape], mask float32 [N, *data_shape]
+  (1 = known), seed int32 [] -> inpainted float32 [N, *data_shape]
 * `serving_default` = `score`
 
 and the variables `sigmas` (the ladder) and the string `config_json`.
@@ -22,6 +24,7 @@ from absl import logging
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import data as data_lib
+from ncsn_tf.sampling import inpainting
 from ncsn_tf.sampling import langevin
 
 _TMP_PREFIX = '.tmp-'
@@ -54,6 +57,17 @@ class ScoreModule(tf.Module):
     self.score = tf.function(self._score, input_signature=[x_spec, index_spec])
     self.sample = tf.function(self._sample, input_signature=[
         tf.TensorSpec([], tf.int32, name='num_samples'), tf.TensorSpec([], tf.int32, name='seed')])
+    if not config.data.is_toy:
+      self.inpaint = tf.function(self._inpaint, input_signature=[
+          tf.TensorSpec([None, *self._shape], tf.float32, name='images'),
+          tf.TensorSpec([None, *self._shape], tf.float32, name='mask'),
+          tf.TensorSpec([], tf.int32, name='seed')])
+
+  def signatures(self) -> dict:
+    out = {'score': self.score, 'sample': self.sample, 'serving_default': self.score}
+    if hasattr(self, 'inpaint'):
+      out['inpaint'] = self.inpaint
+    return out
 
   def _score(self, x, sigma_index):
     return {'score': tf.cast(self.score_model(x, sigma_index), tf.float32)}
@@ -70,6 +84,16 @@ class ScoreModule(tf.Module):
     if not cfg.data.is_toy and not cfg.data.logit_transform:
       samples = tf.clip_by_value(samples, 0.0, 1.0)
     return {'samples': samples}
+
+  def _inpaint(self, images, mask, seed):
+    cfg = self._config
+    inpainted = inpainting.annealed_langevin_inpainting(
+        lambda x, i: self.score_model(x, i), images, mask, self.sigmas,
+        n_steps_each=cfg.sampling.n_steps_each, step_lr=cfg.sampling.step_lr,
+        seed=tf.stack([seed, tf.constant(2)]))
+    if not cfg.data.logit_transform:
+      inpainted = tf.clip_by_value(inpainted, 0.0, 1.0)
+    return {'inpainted': inpainted}
 
 
 def next_version(export_dir: str) -> int:
@@ -92,7 +116,7 @@ def export(score_model, config: config_lib.Config, sigmas: np.ndarray,
   tmp = os.path.join(export_dir, f'{_TMP_PREFIX}{version}-{os.getpid()}')
   shutil.rmtree(tmp, ignore_errors=True)
   module = ScoreModule(score_model, config, sigmas)
-  signatures = {'score': module.score, 'sample': module.sample, 'serving_default': module.score}
+  signatures = module.signatures()
   try:
     tf.saved_model.save(module, tmp, signatures=signatures)
     os.rename(tmp, final)  # Atomic on one filesystem: a version is whole or absent.

@@ -15,14 +15,18 @@ from ncsn_tf import config as config_lib
 FLAGS = flags.FLAGS
 _D, _M, _T, _S = (config_lib.DataConfig(), config_lib.ModelConfig(), config_lib.TrainConfig(),
                   config_lib.SamplingConfig())
+_E = config_lib.EvalConfig()
 
 # --- run -------------------------------------------------------------------
 flags.DEFINE_string('config_name', None,
                     'Name of this configuration; default: the flagfile name without .cfg.')
 flags.DEFINE_string('workdir', None, 'Run directory; default runs/<config name>.')
 flags.DEFINE_enum('mode', 'train', config_lib.MODES,
-                  'train (then sample, evaluate, export), sample, eval or export.')
+                  'train (then sample, evaluate, export), sample, eval, export, experiment (toy lab), '
+                  'inpaint (images) or stats (FID reference statistics of a dataset split).')
 flags.DEFINE_integer('seed', 0, 'Global seed: data, noise levels, Langevin noise.')
+flags.DEFINE_enum('experiment', 'all', config_lib.EXPERIMENTS,
+                  'With --mode=experiment: the score-matching lab figure/table to make.')
 
 # --- data ------------------------------------------------------------------
 flags.DEFINE_string('dataset', _D.dataset,
@@ -54,6 +58,26 @@ flags.DEFINE_float('ema_rate', _T.ema_rate, 'EMA decay of the weights; 0 disable
 flags.DEFINE_integer('num_cpu_replicas', _T.num_cpu_replicas,
                      'Split the CPU into N logical devices for MirroredStrategy (0: off).')
 flags.DEFINE_integer('max_checkpoints', _T.max_checkpoints, 'Checkpoints kept.')
+flags.DEFINE_integer('heldout_batches', _T.heldout_batches,
+                     'Batches of held-out data for the DSM loss logged at each snapshot.')
+flags.DEFINE_string('precision', _T.precision,
+                    f'One of {", ".join(config_lib.PRECISIONS)}; auto picks the fastest per device.')
+flags.DEFINE_bool('jit_compile', _T.jit_compile, 'XLA-compile the per-replica training step.')
+flags.DEFINE_integer('num_projections', _T.num_projections,
+                     'Sliced score matching: projection vectors per example.')
+flags.DEFINE_enum('projection', _T.projection, config_lib.PROJECTIONS,
+                  'Sliced score matching: distribution of the projection vectors.')
+flags.DEFINE_enum('strategy', _T.strategy, config_lib.STRATEGIES,
+                  'auto: all GPUs or --num_cpu_replicas, else one device; mirrored: '
+                  'MirroredStrategy on this machine; multi_worker: MultiWorkerMirroredStrategy '
+                  'over the cluster in TF_CONFIG.')
+flags.DEFINE_bool('skip_nonfinite', _T.skip_nonfinite,
+                  'Skip steps with a non-finite loss or gradient (counted in TensorBoard) '
+                  'instead of stopping.')
+flags.DEFINE_bool('deterministic', _T.deterministic,
+                  'TF op determinism: a resumed run ends with the same weights bit for bit.')
+flags.DEFINE_integer('max_chunk_steps', _T.max_chunk_steps,
+                     'Most steps per tf.function call; bounds how long SIGTERM waits for a save.')
 
 # --- sampling --------------------------------------------------------------
 flags.DEFINE_integer('n_steps_each', _S.n_steps_each, 'T, Langevin steps per noise level.')
@@ -62,6 +86,30 @@ flags.DEFINE_integer('num_samples', _S.num_samples, 'Samples drawn after trainin
 flags.DEFINE_integer('sample_batch_size', _S.sample_batch_size, 'Samples per sampler call.')
 flags.DEFINE_bool('denoise', _S.denoise, 'Final noise-free denoising step (NCSNv2).')
 flags.DEFINE_integer('num_snapshots', _S.num_snapshots, 'Chain states kept for strips and GIFs.')
+flags.DEFINE_integer('summary_samples', _S.summary_samples,
+                     'Image samples drawn for TensorBoard at each snapshot (0: none).')
+flags.DEFINE_string('inpaint_mask', _S.inpaint_mask,
+                    'right, left, top, bottom, center, random, or a mask image (white = known).')
+flags.DEFINE_integer('num_inpaint_images', _S.num_inpaint_images, 'Test images to inpaint.')
+flags.DEFINE_integer('inpaint_completions', _S.inpaint_completions, 'Completions per image.')
+
+# --- evaluation (ncsn_tf/evaluation.py, docs/evaluation.md) ------------------
+flags.DEFINE_integer('eval_samples', _E.num_samples,
+                     'Samples for Inception Score, FID and KID (50000 as published; 0: held-out loss only).')
+flags.DEFINE_integer('eval_batch_size', _E.batch_size, 'Images per sampler call and Inception batch.')
+flags.DEFINE_string('eval_checkpoints', _E.checkpoints,
+                    'Checkpoints --mode=eval evaluates: latest, all, or comma-separated steps.')
+flags.DEFINE_string('inception_kind', _E.inception_kind,
+                    f'One of {", ".join(config_lib.INCEPTION_KINDS)}: fid_graph is the 2015 graph of '
+                    'published FID/IS; keras (InceptionV3) and tiny_random are not comparable.')
+flags.DEFINE_string('inception_path', _E.inception_path,
+                    'classify_image_graph_def.pb (or its directory) for fid_graph; a weights file for keras.')
+flags.DEFINE_string('reference_stats', _E.reference_stats,
+                    'FID statistics .npz (mu, sigma; TTUR files load as-is). Default: computed from '
+                    '--reference_split and cached under <workdir>/reference_stats/.')
+flags.DEFINE_string('reference_split', _E.reference_split, 'Dataset split for computed statistics.')
+flags.DEFINE_integer('reference_images', _E.reference_images,
+                     'Images for computed statistics (0: the whole split).')
 
 # --- export ----------------------------------------------------------------
 flags.DEFINE_string('export_dir', None, 'SavedModel root; default saved_models/<config name>.')
@@ -84,6 +132,7 @@ def build_config(argv) -> config_lib.Config:
       workdir=FLAGS.workdir or os.path.join('runs', name),
       mode=FLAGS.mode,
       seed=FLAGS.seed,
+      experiment=FLAGS.experiment,
       data=config_lib.DataConfig(
           dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, data_path=FLAGS.data_path,
           image_size=FLAGS.image_size, random_flip=FLAGS.random_flip,
@@ -96,12 +145,24 @@ def build_config(argv) -> config_lib.Config:
           loss=FLAGS.loss, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
           beta1=FLAGS.beta1, train_steps=FLAGS.train_steps, snapshot_freq=FLAGS.snapshot_freq,
           log_freq=FLAGS.log_freq, ema_rate=FLAGS.ema_rate,
-          num_cpu_replicas=FLAGS.num_cpu_replicas, max_checkpoints=FLAGS.max_checkpoints),
+          num_cpu_replicas=FLAGS.num_cpu_replicas, max_checkpoints=FLAGS.max_checkpoints,
+          precision=FLAGS.precision, jit_compile=FLAGS.jit_compile,
+          heldout_batches=FLAGS.heldout_batches,
+          num_projections=FLAGS.num_projections, projection=FLAGS.projection,
+          strategy=FLAGS.strategy, skip_nonfinite=FLAGS.skip_nonfinite,
+          deterministic=FLAGS.deterministic, max_chunk_steps=FLAGS.max_chunk_steps),
       sampling=config_lib.SamplingConfig(
           n_steps_each=FLAGS.n_steps_each, step_lr=FLAGS.step_lr, num_samples=FLAGS.num_samples,
           sample_batch_size=FLAGS.sample_batch_size, denoise=FLAGS.denoise,
-          num_snapshots=FLAGS.num_snapshots),
+          num_snapshots=FLAGS.num_snapshots, summary_samples=FLAGS.summary_samples,
+          inpaint_mask=FLAGS.inpaint_mask, num_inpaint_images=FLAGS.num_inpaint_images,
+          inpaint_completions=FLAGS.inpaint_completions),
       export=config_lib.ExportConfig(
           export_dir=FLAGS.export_dir or os.path.join('saved_models', name)),
+      eval=config_lib.EvalConfig(
+          num_samples=FLAGS.eval_samples, batch_size=FLAGS.eval_batch_size,
+          checkpoints=FLAGS.eval_checkpoints, inception_kind=FLAGS.inception_kind,
+          inception_path=FLAGS.inception_path, reference_stats=FLAGS.reference_stats,
+          reference_split=FLAGS.reference_split, reference_images=FLAGS.reference_images),
   )
   return config_lib.validate(config)

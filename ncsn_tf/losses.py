@@ -6,6 +6,8 @@ indices [N] to scores [N, ...]. Losses know no model and no optimizer
 `seed` (int32 [2]) so a step is a pure function of its inputs.
 """
 
+import functools
+
 import tensorflow as tf
 
 
@@ -60,3 +62,201 @@ def per_sigma_mean(loss, sigma_index, num_scales):
   total = tf.math.unsorted_segment_sum(loss, sigma_index, num_scales)
   count = tf.math.unsorted_segment_sum(tf.ones_like(loss), sigma_index, num_scales)
   return tf.math.divide_no_nan(total, count), count
+
+
+# --- single-σ and sliced objectives (the score-matching lab) ------------------
+#
+# Every function below has the per-example signature of `anneal_dsm_per_example`
+# (options bound with functools.partial by `get_loss`). Single-σ objectives call
+# score_fn with sigma_index zeros and return zeros; DSM uses sigmas[0] as its σ.
+# Objectives on clean data (ESM, ISM, SSM, SSM-VR) never read `sigmas`.
+
+PROJECTIONS = ('gaussian', 'rademacher')
+
+
+def _zeros_index(x):
+  return tf.zeros([tf.shape(x)[0]], tf.int32)
+
+
+def _flat(t):
+  return tf.reshape(t, [tf.shape(t)[0], -1])
+
+
+def projection_vectors(shape, seed, projection: str = 'gaussian'):
+  """Random slicing directions v with E[v vᵀ] = I: standard normal or Rademacher (±1)."""
+  if projection == 'gaussian':
+    return tf.random.stateless_normal(shape, seed)
+  if projection == 'rademacher':
+    bits = tf.random.stateless_uniform(shape, seed, minval=0, maxval=2, dtype=tf.int32)
+    return tf.cast(2 * bits - 1, tf.float32)
+  raise ValueError(f'unknown projection {projection!r}; choose from {PROJECTIONS}')
+
+
+def esm_per_example(score_fn, x, sigmas, seed, *, exact_score_fn):
+  """Explicit score matching: ½‖s(x) − ∇log p(x)‖², the Fisher divergence integrand.
+
+  Needs the exact score (`exact_score_fn`: x [N, D] -> [N, D]), so it exists
+  for the toy distributions only. Zero exactly at s = ∇log p.
+  """
+  del sigmas, seed
+  x = tf.cast(x, tf.float32)
+  diff = tf.cast(score_fn(x, _zeros_index(x)), tf.float32) - tf.cast(exact_score_fn(x), tf.float32)
+  return 0.5 * _per_example_sum(tf.square(diff)), _zeros_index(x)
+
+
+def jacobian_trace(fn, x):
+  """(fn(x) [N, D], tr ∇_x fn(x) [N]) for x [N, D], exactly: one autodiff pass per dimension.
+
+  Examples must not interact inside `fn` (no batch statistics), which holds for
+  every score network here. Cost is D backward passes: meant for toy data.
+  """
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    out = tf.cast(fn(x), tf.float32)
+    columns = tf.unstack(out, num=x.shape[-1], axis=-1)
+  trace = tf.add_n([tape.gradient(c, x)[:, d] for d, c in enumerate(columns)])
+  del tape
+  return out, trace
+
+
+def ism_per_example(score_fn, x, sigmas, seed):
+  """Implicit score matching (Hyvärinen 2005): tr(∇_x s(x)) + ½‖s(x)‖².
+
+  Equals ESM minus the constant ½E‖∇log p‖² (integration by parts), so at the
+  truth its expectation is −½E‖∇log p‖². Exact trace; x must be [N, D].
+  """
+  del sigmas, seed
+  x = tf.cast(x, tf.float32)
+  index = _zeros_index(x)
+  score, trace = jacobian_trace(lambda xx: score_fn(xx, index), x)
+  return trace + 0.5 * tf.reduce_sum(tf.square(score), axis=-1), index
+
+
+def _sliced_terms(score_fn, x, sigma_index, seed, num_projections, projection):
+  """Per-example means over M projections of vᵀ∇_x(vᵀs), ½(vᵀs)², and ½‖s‖².
+
+  x is repeated M times so one backward pass gives every vᵀ∇(vᵀs) (as in the
+  reference code's `dup_samples`). Returns three [N] tensors.
+  """
+  batch = tf.shape(x)[0]
+  dup_x = tf.tile(x, tf.concat([[num_projections], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+  dup_index = tf.tile(sigma_index, [num_projections])
+  vectors = projection_vectors(tf.shape(dup_x), seed, projection)
+  with tf.GradientTape() as tape:
+    tape.watch(dup_x)
+    score = tf.cast(score_fn(dup_x, dup_index), tf.float32)
+    score_v = _per_example_sum(score * vectors)                     # vᵀs [M N]
+  grad_score_v = tape.gradient(score_v, dup_x)                      # ∇_x(vᵀs)
+  curvature = _per_example_sum(vectors * grad_score_v)              # vᵀ∇(vᵀs)
+
+  def mean_over_projections(t):
+    return tf.reduce_mean(tf.reshape(t, [num_projections, batch]), axis=0)
+
+  return (mean_over_projections(curvature), mean_over_projections(0.5 * score_v**2),
+          mean_over_projections(0.5 * _per_example_sum(tf.square(score))))
+
+
+def ssm_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 1,
+                    projection: str = 'gaussian', variance_reduction: bool = False):
+  """Sliced score matching (Song, Garg, Shi & Ermon 2019), eq. (7) of the paper.
+
+  E_v[vᵀ∇_x(vᵀ s(x)) + ½(vᵀ s(x))²], averaged over `num_projections` vectors
+  per example with E[vvᵀ] = I (Gaussian or Rademacher), so its expectation
+  equals ISM. With `variance_reduction` (SSM-VR, the paper's eq. (8)) the
+  second term is replaced by its expectation over v, ½‖s(x)‖².
+  """
+  del sigmas
+  x = tf.cast(x, tf.float32)
+  index = _zeros_index(x)
+  curvature, half_sq_proj, half_sq_norm = _sliced_terms(score_fn, x, index, seed,
+                                                        num_projections, projection)
+  return curvature + (half_sq_norm if variance_reduction else half_sq_proj), index
+
+
+def ssm_vr_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 1,
+                       projection: str = 'gaussian'):
+  """SSM-VR: vᵀ∇_x(vᵀ s) + ½‖s‖² (see `ssm_per_example`)."""
+  return ssm_per_example(score_fn, x, sigmas, seed, num_projections=num_projections,
+                         projection=projection, variance_reduction=True)
+
+
+def dsm_per_example(score_fn, x, sigmas, seed):
+  """Denoising score matching at one σ = sigmas[0] (Vincent 2011).
+
+  ½‖s(x̃) − ∇log q_σ(x̃|x)‖² with x̃ = x + σz. Its minimiser over functions is
+  E[∇log q_σ(x̃|x) | x̃] = ∇log p_σ(x̃), the perturbed score. Unweighted
+  (a single level needs no λ(σ)).
+  """
+  x = tf.cast(x, tf.float32)
+  sigma = tf.cast(sigmas, tf.float32)[0]
+  index = _zeros_index(x)
+  perturbed_x = x + sigma * tf.random.stateless_normal(tf.shape(x), seed)
+  score = tf.cast(score_fn(perturbed_x, index), tf.float32)
+  return 0.5 * _per_example_sum(tf.square(score - dsm_target(perturbed_x, x, sigma))), index
+
+
+def anneal_ssm_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 1,
+                           projection: str = 'gaussian', variance_reduction: bool = True):
+  """Annealed sliced score matching: σ_i² · SSM(-VR) of s(·, i) on x̃ = x + σ_i z.
+
+  Levels are drawn i ~ U{0..L−1} per example as in annealed DSM. This is the
+  form of the reference `anneal_sliced_score_estimation_vr` (ermongroup/ncsn
+  losses/sliced_sm.py): the VR form by default, weighted by σ_i², with no target
+  term added or subtracted, so the value at the truth is σ_i²·(−½E‖∇log p_σi‖²)
+  rather than 0; its minimiser at each level is the perturbed score ∇log p_σi.
+  """
+  x = tf.cast(x, tf.float32)
+  sigmas = tf.cast(sigmas, tf.float32)
+  label_seed, noise_seed, vector_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  batch = tf.shape(x)[0]
+  sigma_index = tf.random.stateless_uniform([batch], label_seed, minval=0,
+                                            maxval=tf.shape(sigmas)[0], dtype=tf.int32)
+  used_sigmas = tf.reshape(tf.gather(sigmas, sigma_index),
+                           tf.concat([[batch], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+  perturbed_x = x + used_sigmas * tf.random.stateless_normal(tf.shape(x), noise_seed)
+  curvature, half_sq_proj, half_sq_norm = _sliced_terms(score_fn, perturbed_x, sigma_index,
+                                                        vector_seed, num_projections, projection)
+  loss = curvature + (half_sq_norm if variance_reduction else half_sq_proj)
+  return loss * tf.reshape(used_sigmas, [-1])**2, sigma_index
+
+
+#: Per-example losses selectable with --loss: name -> fn(score_fn, x, sigmas,
+#: seed) -> (loss [N], sigma_index [N] int32).
+LOSSES = {
+    'esm': esm_per_example,
+    'ism': ism_per_example,
+    'dsm': dsm_per_example,
+    'ssm': ssm_per_example,
+    'ssm_vr': ssm_vr_per_example,
+    'anneal_dsm': anneal_dsm_per_example,
+    'anneal_ssm': anneal_ssm_per_example,
+}
+
+#: Objectives that train one unconditional score s(x) (no noise ladder).
+SINGLE_SIGMA_LOSSES = ('esm', 'ism', 'dsm', 'ssm', 'ssm_vr')
+#: Keyword options each loss accepts; `get_loss` passes on only these.
+_LOSS_OPTIONS = {
+    'esm': ('exact_score_fn',),
+    'ssm': ('num_projections', 'projection'),
+    'ssm_vr': ('num_projections', 'projection'),
+    'anneal_ssm': ('num_projections', 'projection'),
+}
+
+
+def get_loss(name: str, **options):
+  """The per-example loss registered under `name` (see LOSSES), options bound.
+
+  options: exact_score_fn (required by 'esm'), num_projections and projection
+  (the sliced losses); options a loss does not use are ignored, so a caller can
+  pass the whole set. A None option keeps the loss's default.
+  """
+  try:
+    fn = LOSSES[name]
+  except KeyError:
+    raise ValueError(f'unknown loss {name!r}; choose from {sorted(LOSSES)}') from None
+  bound = {k: v for k, v in options.items() if k in _LOSS_OPTIONS.get(name, ()) and v is not None}
+  if name == 'esm' and 'exact_score_fn' not in bound:
+    raise ValueError("loss 'esm' needs the exact score (exact_score_fn): toy datasets only")
+  if 'projection' in bound and bound['projection'] not in PROJECTIONS:
+    raise ValueError(f'unknown projection {bound["projection"]!r}; choose from {PROJECTIONS}')
+  return functools.partial(fn, **bound) if bound else fn

@@ -2,8 +2,11 @@
 
 train   -> train_lib.train, then sample, eval and export
 sample  -> <workdir>/samples/: samples.npz and a picture (scatter or grid+GIF)
-eval    -> toy: exact metrics and figures; images: held-out DSM loss
+eval    -> per checkpoint: toy exact metrics and figures, or images' IS/FID/KID; held-out DSM loss
+stats   -> FID reference statistics (mean, covariance) of a dataset split
+inpaint -> <workdir>/inpainting/: originals, masked inputs and completions
 export  -> <export_dir>/<version>/ SavedModel
+experiment -> the score-matching lab's figures and tables (ncsn_tf/experiments.py)
 """
 
 import os
@@ -19,10 +22,12 @@ from ncsn_tf import toy_eval
 from ncsn_tf import train_lib
 from ncsn_tf import data as data_lib
 from ncsn_tf.progress import Progress
+from ncsn_tf.sampling import inpainting
 from ncsn_tf.sampling import langevin
 
 
-def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, seed: int):
+def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, seed: int,
+                 show_progress: bool = True):
   """Annealed Langevin samples from the learned score, in batches.
 
   Returns (samples [num, *shape], trajectory [num_snapshots, num, *shape]).
@@ -34,7 +39,7 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
     from ncsn_tf.data import toy
     radius = toy.get_toy(config.data.dataset).plot_radius
   outputs, trajectories = [], []
-  progress = Progress('sample', num)
+  progress = Progress('sample', num) if show_progress else None
   done = 0
   sigmas_t = tf.constant(np.asarray(sigmas, np.float32))
   for batch_index, start in enumerate(range(0, num, s.sample_batch_size)):
@@ -48,9 +53,39 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
     outputs.append(samples.numpy())
     trajectories.append(trajectory.numpy())
     done += size
-    progress.update(done)
-  progress.close()
+    if progress:
+      progress.update(done)
+  if progress:
+    progress.close()
   return np.concatenate(outputs), np.concatenate(trajectories, axis=1)
+
+
+def chain_strip(trajectory, num_rows: int = 4) -> np.ndarray:
+  """uint8 [rows·H, T·W, 3]: each row one sample's chain from noise (left) to image."""
+  t, n = trajectory.shape[:2]
+  rows = [np.concatenate(list(np.clip(trajectory[:, k], 0, 1)), axis=1) for k in range(min(n, num_rows))]
+  strip = np.concatenate(rows, axis=0)
+  if strip.shape[-1] == 1:
+    strip = np.repeat(strip, 3, axis=-1)
+  return (strip * 255 + 0.5).astype(np.uint8)
+
+
+def image_snapshot_hook(config: config_lib.Config):
+  """At each checkpoint: a grid of samples and the Langevin chain strip in TensorBoard."""
+  num = config.sampling.summary_samples
+
+  def hook(state, writer):
+    if num == 0:
+      return
+    step = int(state.step.numpy())
+    samples, trajectory = draw_samples(config, state.ema_model, state.sigmas, num=num,
+                                       seed=config.seed + step, show_progress=False)
+    with writer.as_default(step=step):
+      tf.summary.image('samples', plots.image_grid(np.clip(samples, 0, 1))[None], step=step)
+      tf.summary.image('langevin_chain', chain_strip(trajectory)[None], step=step)
+    writer.flush()
+
+  return hook
 
 
 def run_sample(config: config_lib.Config, state=None) -> str:
@@ -79,12 +114,57 @@ def run_sample(config: config_lib.Config, state=None) -> str:
 
 
 def run_eval(config: config_lib.Config, state=None) -> dict:
+  """Evaluates `state`, or the checkpoints chosen by --eval_checkpoints.
+
+  Toys: exact metrics and figures; images: held-out DSM loss and, with a
+  feature network (--inception_kind/--inception_path), IS, FID and KID of
+  --eval_samples samples. Held-out loss per checkpoint for both. See
+  ncsn_tf/evaluation.py; results in <workdir>/metrics.json and TensorBoard.
+  """
+  from ncsn_tf import evaluation
+  return evaluation.evaluate_run(config, state)
+
+
+def run_stats(config: config_lib.Config) -> str:
+  """FID reference statistics of --reference_split -> --reference_stats (ncsn_tf/evaluation.py)."""
+  from ncsn_tf import evaluation
+  return evaluation.run_stats(config)
+
+
+def run_inpaint(config: config_lib.Config, state=None) -> str:
+  """Completes --num_inpaint_images test images under --inpaint_mask.
+
+  Writes <workdir>/inpainting/inpainting.png: one row per image with the
+  original, the masked input and --inpaint_completions completions, and
+  inpainting.npz with the arrays.
+  """
   state = state or train_lib.restore_for_inference(config)
-  step = int(state.step.numpy())
-  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
-  if config.data.is_toy:
-    return toy_eval.evaluate_toy(config, state.ema_model, state.sigmas, step=step, writer=writer)
-  raise NotImplementedError('image evaluation arrives with the images pipeline')
+  s = config.sampling
+  make_dataset = data_lib.dataset_fn(config.replace(train={'batch_size': s.num_inpaint_images}),
+                                     split='test', shuffle=False)
+  originals = next(iter(make_dataset(None))).numpy()
+  shape = originals.shape
+  if s.inpaint_mask in inpainting.MASK_KINDS:
+    mask = inpainting.make_mask(s.inpaint_mask, shape, seed=config.seed)
+  else:
+    mask = inpainting.mask_from_image(s.inpaint_mask, shape)
+  repeated = np.repeat(originals, s.inpaint_completions, axis=0)
+  repeated_mask = np.repeat(mask, s.inpaint_completions, axis=0)
+  completions = inpainting.annealed_langevin_inpainting(
+      lambda x, i: state.ema_model(x, i), repeated, repeated_mask, tf.constant(state.sigmas),
+      n_steps_each=s.n_steps_each, step_lr=s.step_lr, seed=tf.constant([config.seed, 7])).numpy()
+  completions = completions.reshape((shape[0], s.inpaint_completions) + shape[1:])
+  masked = originals * mask + 0.5 * (1 - mask)  # Unknown pixels shown grey.
+  rows = np.concatenate([originals[:, None], masked[:, None], completions], axis=1)
+  out_dir = os.path.join(config.workdir, 'inpainting')
+  os.makedirs(out_dir, exist_ok=True)
+  plots.save_png(plots.image_grid(rows.reshape((-1,) + shape[1:]), nrow=rows.shape[1]),
+                 os.path.join(out_dir, 'inpainting.png'))
+  tmp = os.path.join(out_dir, 'inpainting.tmp.npz')
+  np.savez_compressed(tmp, originals=originals, mask=mask, completions=completions)
+  os.replace(tmp, os.path.join(out_dir, 'inpainting.npz'))
+  logging.info('wrote %s', os.path.join(out_dir, 'inpainting.png'))
+  return out_dir
 
 
 def run_export(config: config_lib.Config, state=None) -> str:
@@ -94,11 +174,19 @@ def run_export(config: config_lib.Config, state=None) -> str:
 
 def run_train(config: config_lib.Config) -> dict:
   """Trains (or resumes), then samples, evaluates and exports."""
-  state = train_lib.train(config)
+  hook = None if config.data.is_toy else image_snapshot_hook(config)
+  state = train_lib.train(config, on_snapshot=hook)
   run_sample(config, state)
   metrics = run_eval(config, state)
   path = run_export(config, state)
   return {'metrics': metrics, 'export': path}
 
 
-MODES = {'train': run_train, 'sample': run_sample, 'eval': run_eval, 'export': run_export}
+def run_experiment(config: config_lib.Config) -> dict:
+  """The score-matching lab on a toy (see ncsn_tf/experiments.py)."""
+  from ncsn_tf import experiments
+  return experiments.run_experiment(config)
+
+
+MODES = {'train': run_train, 'sample': run_sample, 'eval': run_eval, 'export': run_export,
+         'experiment': run_experiment, 'inpaint': run_inpaint, 'stats': run_stats}

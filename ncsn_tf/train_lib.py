@@ -11,9 +11,13 @@
 * TensorBoard scalars in <workdir>/tensorboard, written by the chief only.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import signal
+import threading
 import time
 
 import keras
@@ -25,12 +29,25 @@ from ncsn_tf import config as config_lib
 from ncsn_tf import data as data_lib
 from ncsn_tf import losses
 from ncsn_tf import models
+from ncsn_tf import precision
 from ncsn_tf import sigmas as sigmas_lib
 from ncsn_tf.progress import Progress
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss or a gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+  """SIGTERM/SIGINT stopped training after a checkpoint at the current step."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+class ConfigMismatchError(config_lib.ConfigError):
+  """The workdir holds a run of a different model/data/training configuration."""
 
 
 # --- devices and strategy ---------------------------------------------------
@@ -53,15 +70,42 @@ def configure_cpu_replicas(num_replicas: int):
                        f'initialises its devices ({e})') from None
 
 
-def make_strategy(num_cpu_replicas: int = 0) -> tf.distribute.Strategy:
-  """MirroredStrategy on all GPUs, or on N logical CPUs, else the default strategy."""
+def make_strategy(num_cpu_replicas: int = 0, kind: str = 'auto') -> tf.distribute.Strategy:
+  """The tf.distribute strategy of --strategy.
+
+  auto: MirroredStrategy on all GPUs, or on N logical CPUs, else the default
+  strategy; mirrored: MirroredStrategy on this machine's GPUs/CPU replicas even
+  if only one; multi_worker: MultiWorkerMirroredStrategy over the cluster in
+  TF_CONFIG (it must be created before any other TensorFlow op).
+  """
+  if kind == 'multi_worker':
+    return tf.distribute.MultiWorkerMirroredStrategy()
   if num_cpu_replicas > 1:
     configure_cpu_replicas(num_cpu_replicas)
     cpus = tf.config.list_logical_devices('CPU')[:num_cpu_replicas]
     return tf.distribute.MirroredStrategy([d.name for d in cpus])
-  if tf.config.list_physical_devices('GPU'):
+  if tf.config.list_physical_devices('GPU') or kind == 'mirrored':
     return tf.distribute.MirroredStrategy()
   return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True unless this process is a non-chief worker of a multi-worker cluster."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == 'chief':
+    return True
+  return (resolver.task_type == 'worker' and resolver.task_id == 0
+          and 'chief' not in resolver.cluster_spec().as_dict())
+
+
+def _local_replicas(strategy: tf.distribute.Strategy) -> int:
+  """Replicas fed by this process's one input pipeline (batches it yields per step)."""
+  try:
+    return len(strategy.extended.worker_devices)
+  except (RuntimeError, AttributeError, NotImplementedError):
+    return 1
 
 
 # --- state -------------------------------------------------------------------
@@ -74,6 +118,7 @@ class TrainState:
   optimizer: keras.optimizers.Optimizer
   step: tf.Variable
   sigmas: np.ndarray
+  chief: bool = True  # False on non-chief workers: they write no outputs
 
   def checkpoint(self, **extra) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(step=self.step, model=self.model, ema_model=self.ema_model,
@@ -87,12 +132,14 @@ def ladder(config: config_lib.Config) -> np.ndarray:
 
 def create_state(config: config_lib.Config, strategy: tf.distribute.Strategy) -> TrainState:
   shape = data_lib.data_shape(config.data)
-  with strategy.scope():
+  policy = precision.resolve(config.train.precision, config.model.name)
+  # Same seed, same initial weights: a run is reproducible from its config.
+  keras.utils.set_random_seed(config.seed)
+  with strategy.scope(), precision.policy_scope(policy):
     model = models.build_model(config, shape)
     ema_model = models.build_model(config, shape)
     ema_model.set_weights(model.get_weights())
-    optimizer = keras.optimizers.Adam(learning_rate=config.train.learning_rate,
-                                      beta_1=config.train.beta1)
+    optimizer = precision.make_optimizer(policy, config.train.learning_rate, config.train.beta1)
     # Keras 3 optimizers must create their slots inside the scope before the
     # first tf.function step, or MirroredStrategy fails on a placeholder.
     optimizer.build(model.trainable_variables)
@@ -107,6 +154,7 @@ def checkpoint_dir(config: config_lib.Config) -> str:
 def restore_for_inference(config: config_lib.Config, strategy=None) -> TrainState:
   """A TrainState restored from the latest checkpoint (error if there is none)."""
   strategy = strategy or tf.distribute.get_strategy()
+  check_resume_config(config)
   state = create_state(config, strategy)
   latest = tf.train.latest_checkpoint(checkpoint_dir(config))
   if latest is None:
@@ -115,6 +163,26 @@ def restore_for_inference(config: config_lib.Config, strategy=None) -> TrainStat
   state.checkpoint().restore(latest).expect_partial()
   logging.info('restored %s (step %d)', latest, int(state.step.numpy()))
   return state
+
+
+def check_resume_config(config: config_lib.Config):
+  """Refuses a workdir whose checkpoints belong to a different configuration.
+
+  Compares <workdir>/config.json with `config` on every field that changes the
+  model, the data or the optimisation (config_lib.RESUME_SAFE_FIELDS may
+  differ); raises ConfigMismatchError naming the fields and how to start fresh.
+  """
+  path = os.path.join(config.workdir, 'config.json')
+  if not os.path.exists(path) or tf.train.latest_checkpoint(checkpoint_dir(config)) is None:
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  differences = config_lib.resume_mismatches(saved, config)
+  if differences:
+    raise ConfigMismatchError(
+        f'--workdir: {config.workdir} holds checkpoints of a different configuration '
+        f'({"; ".join(differences)}); to start fresh pass a new --workdir or delete '
+        f'{config.workdir}, or rerun with the saved flags to resume')
 
 
 def write_config_json(config: config_lib.Config):
@@ -128,6 +196,14 @@ def write_config_json(config: config_lib.Config):
 
 # --- the step ------------------------------------------------------------------
 
+def loss_for(config: config_lib.Config):
+  """The per-example loss of `config.train.loss` with its options bound."""
+  return losses.get_loss(
+      config.train.loss, num_projections=config.train.num_projections,
+      projection=config.train.projection,
+      exact_score_fn=data_lib.toy.get_toy(config.data.dataset).score if config.data.is_toy else None)
+
+
 def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy,
                      state: TrainState):
   """A tf.function (iterator, num_steps) -> stats that runs `num_steps` steps.
@@ -140,18 +216,37 @@ def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy
   global_batch = config.train.batch_size
   ema_rate = config.train.ema_rate
   model, ema_model, optimizer, step = state.model, state.ema_model, state.optimizer, state.step
+  loss_fn = loss_for(config)
+
+  scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  skip_nonfinite = config.train.skip_nonfinite
+
+  def loss_and_grads(x, seed):
+    with tf.GradientTape() as tape:
+      loss_vec, sigma_index = loss_fn(lambda xx, ii: model(xx, ii, training=True), x, sigmas, seed)
+      loss = tf.reduce_sum(loss_vec) / global_batch
+      if scaled:  # float16: scale up so small gradients survive; apply unscales.
+        loss = optimizer.scale_loss(loss)
+    return loss_vec, sigma_index, tape.gradient(loss, model.trainable_variables)
+
+  if config.train.jit_compile:
+    # XLA compiles the forward and backward pass; the optimizer's cross-replica
+    # update stays outside, where MirroredStrategy needs it.
+    loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
 
   def replica_step(x):
     ctx = tf.distribute.get_replica_context()
     seed = tf.stack([tf.constant(config.seed, tf.int32),
                      tf.cast(step, tf.int32) * ctx.num_replicas_in_sync + ctx.replica_id_in_sync_group])
-    with tf.GradientTape() as tape:
-      loss_vec, sigma_index = losses.anneal_dsm_per_example(
-          lambda xx, ii: model(xx, ii, training=True), x, sigmas, seed)
-      loss = tf.reduce_sum(loss_vec) / global_batch
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    loss_vec, sigma_index, grads = loss_and_grads(x, seed)
     nonfinite = tf.cast(tf.logical_not(tf.math.is_finite(loss_vec)), tf.float32)
+    if skip_nonfinite:
+      local_bad = tf.cast(tf.logical_or(tf.reduce_any(nonfinite > 0), tf.logical_not(
+          tf.math.is_finite(tf.linalg.global_norm(grads)))), tf.float32)
+      skipped = _apply_if_all_finite(ctx, optimizer, grads, model.trainable_variables, local_bad)
+    else:
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      skipped = tf.constant(0.0)
     # Counts of non-finite examples per level: a SUM all-reduce of these works
     # for every strategy (ReduceOp has no MIN).
     bad_counts = tf.math.unsorted_segment_sum(nonfinite, sigma_index, num_scales)
@@ -161,7 +256,7 @@ def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy
     loss_vec = tf.where(nonfinite > 0, 0.0, loss_vec)
     sums = tf.math.unsorted_segment_sum(loss_vec, sigma_index, num_scales)
     return (tf.reduce_sum(loss_vec), sums, counts, bad_counts,
-            tf.cast(tf.logical_not(grads_finite), tf.int32))
+            tf.cast(tf.logical_not(grads_finite), tf.int32), skipped)
 
   def reduce(op, value):
     return strategy.reduce(op, value, axis=None)
@@ -173,6 +268,7 @@ def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy
     per_sigma_count = tf.zeros([num_scales])
     bad_step = tf.constant(-1, tf.int64)
     bad_level = tf.constant(-1)
+    skipped_steps = tf.constant(0.0)
     for _ in tf.range(num_steps):
       out = strategy.run(replica_step, args=(next(iterator),))
       loss_sum += reduce(tf.distribute.ReduceOp.SUM, out[0])
@@ -180,11 +276,14 @@ def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy
       per_sigma_count += reduce(tf.distribute.ReduceOp.SUM, out[2])
       bad_counts = reduce(tf.distribute.ReduceOp.SUM, out[3])
       grads_bad = reduce(tf.distribute.ReduceOp.SUM, out[4])
-      if ema_rate > 0:
+      # Every replica holds the same all-reduced decision.
+      skipped = reduce(tf.distribute.ReduceOp.MEAN, out[5])
+      skipped_steps += skipped
+      if ema_rate > 0 and skipped == 0:
         for ema_var, var in zip(ema_model.weights, model.weights):
           ema_var.assign(ema_rate * ema_var + (1.0 - ema_rate) * var)
       step.assign_add(1)
-      if tf.reduce_any(bad_counts > 0) or grads_bad > 0:
+      if not skip_nonfinite and (tf.reduce_any(bad_counts > 0) or grads_bad > 0):
         bad_step = step - 1
         # The largest σ (lowest index) with a non-finite term, or -1 if only
         # a gradient was non-finite.
@@ -193,14 +292,87 @@ def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy
                             lambda: tf.constant(-1))
         break
     return {'loss_sum': loss_sum, 'per_sigma_sum': per_sigma_sum,
-            'per_sigma_count': per_sigma_count, 'bad_step': bad_step, 'bad_level': bad_level}
+            'per_sigma_count': per_sigma_count, 'bad_step': bad_step, 'bad_level': bad_level,
+            'skipped': skipped_steps}
 
   return train_chunk
 
 
+def _apply_if_all_finite(ctx, optimizer, grads, variables, local_bad):
+  """Applies `grads` only if no replica saw a non-finite term; returns 1.0 if skipped.
+
+  The decision is all-reduced so every replica skips together. Strategies
+  whose optimizer update uses merge_call (MirroredStrategy) cannot branch on
+  it in replica context, so there the branch runs in cross-replica context,
+  as keras.optimizers.LossScaleOptimizer does.
+  """
+  if tf.__internal__.distribute.strategy_supports_no_merge_call():
+    total_bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_bad)
+
+    def apply():
+      optimizer.apply_gradients(zip(grads, variables))
+      return tf.constant(0.0)
+    return tf.cond(total_bad > 0, lambda: tf.constant(1.0), apply)
+
+  def merge_fn(distribution, grads, local_bad):
+    total_bad = distribution.reduce(tf.distribute.ReduceOp.SUM, local_bad, axis=None)
+
+    def apply():
+      distribution.extended.call_for_each_replica(
+          lambda g: optimizer.apply_gradients(zip(g, variables)), args=(grads,))
+      return tf.constant(0.0)
+    return tf.cond(total_bad > 0, lambda: tf.constant(1.0), apply)
+
+  return ctx.merge_call(merge_fn, args=(grads, local_bad))
+
+
+# --- held-out loss ----------------------------------------------------------------
+
+def make_heldout_eval(config: config_lib.Config, state: TrainState):
+  """A function () -> (mean loss, per-σ mean [L]) of the EMA model on held-out data.
+
+  The same `heldout_batches` batches and the same noise every call, so the
+  curve over snapshots shows the model, not sampling noise. None when
+  `heldout_batches` is 0.
+  """
+  if config.train.heldout_batches == 0:
+    return None
+  num_scales = len(state.sigmas)
+  sigmas = tf.constant(state.sigmas)
+  make_dataset = data_lib.dataset_fn(config, split='test', shuffle=False, seed_offset=0)
+  batches = list(make_dataset(None).take(config.train.heldout_batches))
+  loss_fn = loss_for(config)
+  ema_model = state.ema_model
+
+  @tf.function
+  def batch_terms(x, k):
+    loss_vec, sigma_index = loss_fn(lambda xx, ii: ema_model(xx, ii), x, sigmas,
+                                    tf.stack([tf.constant(config.seed + 1, tf.int32), k]))
+    return (tf.math.unsorted_segment_sum(loss_vec, sigma_index, num_scales),
+            tf.math.unsorted_segment_sum(tf.ones_like(loss_vec), sigma_index, num_scales))
+
+  def evaluate():
+    sums, counts = np.zeros(num_scales), np.zeros(num_scales)
+    for k, x in enumerate(batches):
+      s, c = batch_terms(x, tf.constant(k))
+      sums += s.numpy()
+      counts += c.numpy()
+    return sums.sum() / max(counts.sum(), 1.0), np.divide(sums, np.maximum(counts, 1.0))
+
+  return evaluate
+
+
+def _write_heldout(writer, step, heldout, sigmas):
+  mean, per_sigma = heldout
+  with writer.as_default(step=step):
+    tf.summary.scalar('eval/heldout_loss', mean)
+    for i, value in enumerate(per_sigma):
+      tf.summary.scalar(f'eval/heldout_loss_per_sigma/level_{i:02d}_sigma_{sigmas[i]:.3g}', value)
+
+
 # --- the loop ------------------------------------------------------------------
 
-def _write_scalars(writer, step, stats, sigmas, lr, steps_per_sec):
+def _write_scalars(writer, step, stats, sigmas, lr, steps_per_sec, skip_nonfinite=False):
   count = stats['per_sigma_count']
   with writer.as_default(step=step):
     tf.summary.scalar('loss', stats['loss_sum'] / max(count.sum(), 1.0))
@@ -209,54 +381,180 @@ def _write_scalars(writer, step, stats, sigmas, lr, steps_per_sec):
         tf.summary.scalar(f'loss_per_sigma/level_{i:02d}_sigma_{sigmas[i]:.3g}', s / c)
     tf.summary.scalar('learning_rate', lr)
     tf.summary.scalar('steps_per_sec', steps_per_sec)
+    if skip_nonfinite:
+      tf.summary.scalar('nonfinite_skipped_steps', stats['skipped'])
   writer.flush()
+
+
+def _accumulate(total, stats):
+  """Sums two chunks' stats (loss sums, counts, skipped steps)."""
+  if total is None:
+    return dict(stats)
+  return {k: (total[k] + stats[k] if k in ('loss_sum', 'per_sigma_sum', 'per_sigma_count', 'skipped')
+              else stats[k]) for k in stats}
+
+
+class _StopRequest:
+  """A SIGTERM/SIGINT handler that asks the loop to save and stop at the next chunk."""
+
+  def __init__(self):
+    self.signum = None
+
+  def __call__(self, signum, frame):
+    del frame
+    if self.signum is not None:  # A second signal: stop waiting for the save.
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
+    self.signum = signum
+    logging.warning('received %s: saving a checkpoint when the current chunk of steps ends, '
+                    'then stopping (send it again to stop at once, unsaved)',
+                    signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+  request = _StopRequest()
+  if threading.current_thread() is not threading.main_thread():
+    yield request  # Signal handlers can only be set from the main thread.
+    return
+  previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield request
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def _make_any_worker(strategy):
+  """flag -> whether any worker's flag is set (a collective: every worker calls it)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return lambda flag: flag
+
+  @tf.function
+  def any_worker(flag):
+    per_replica = strategy.run(lambda f: tf.identity(f), args=(flag,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) > 0
+
+  return lambda flag: bool(any_worker(tf.constant(float(flag))).numpy())
+
+
+def _worker_checkpoint_dir(config: config_lib.Config, strategy) -> str:
+  """A non-chief worker's scratch checkpoint dir (saved into, then deleted)."""
+  resolver = strategy.cluster_resolver
+  return os.path.join(config.workdir, f'.tmp-{resolver.task_type}-{resolver.task_id}-checkpoints')
+
+
+def _train_dataset(config: config_lib.Config, strategy, step: int):
+  """The distributed training stream, positioned at `step`.
+
+  Each input pipeline feeds its local replicas one batch each per step. Toy
+  streams and the in-memory `shapes` images resume exactly where they
+  stopped (a pure function of the step); tfds and folder streams restart
+  with a fresh shuffle seeded by the step (replaying them would decode every
+  skipped image).
+  """
+  consumed = step * _local_replicas(strategy)
+  if config.data.dataset == 'shapes':
+    make = data_lib.dataset_fn(config)
+    dataset_fn = lambda context: make(context).skip(consumed)  # noqa: E731
+  else:
+    dataset_fn = data_lib.dataset_fn(config, start_batch=consumed)
+  return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
   """Trains (or resumes) until `config.train.train_steps`; returns the state.
 
   on_snapshot: optional callable (state, writer) run after each checkpoint,
-    e.g. to log image samples.
+    e.g. to log image samples (chief only).
+  Raises NonFiniteLossError (unless --skip_nonfinite), TrainingInterrupted
+  after SIGTERM/SIGINT (a checkpoint at the current step was saved), and
+  ConfigMismatchError when the workdir holds a different configuration.
   """
-  write_config_json(config)
-  strategy = make_strategy(config.train.num_cpu_replicas)
-  logging.info('strategy %s with %d replica(s)', type(strategy).__name__,
-               strategy.num_replicas_in_sync)
+  if config.train.deterministic:
+    # Before any op: bitwise-reproducible kernels and tf.data order.
+    tf.config.experimental.enable_op_determinism()
+  check_resume_config(config)
+  strategy = make_strategy(config.train.num_cpu_replicas, config.train.strategy)
+  chief = is_chief(strategy)
+  if chief:
+    write_config_json(config)
+  logging.info('strategy %s with %d replica(s)%s', type(strategy).__name__,
+               strategy.num_replicas_in_sync, '' if chief else ' (non-chief worker: no outputs)')
   state = create_state(config, strategy)
+  state.chief = chief
   ckpt = state.checkpoint()
-  manager = tf.train.CheckpointManager(ckpt, checkpoint_dir(config),
-                                       max_to_keep=config.train.max_checkpoints)
-  if manager.latest_checkpoint:
-    ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info('resumed from %s at step %d', manager.latest_checkpoint, int(state.step.numpy()))
-  # The data position is a function of the step (one batch per pipeline per
-  # step): distributed iterators cannot be checkpointed on several devices.
-  dataset = strategy.distribute_datasets_from_function(
-      data_lib.dataset_fn(config, start_batch=int(state.step.numpy())))
-  iterator = iter(dataset)
-  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
+  # Every worker saves (saving may run collectives); only the chief's copy stays.
+  save_dir = checkpoint_dir(config) if chief else _worker_checkpoint_dir(config, strategy)
+  manager = tf.train.CheckpointManager(ckpt, save_dir, max_to_keep=config.train.max_checkpoints)
+  latest = tf.train.latest_checkpoint(checkpoint_dir(config))
+  if latest:
+    ckpt.restore(latest).assert_existing_objects_matched()
+    logging.info('resumed from %s at step %d', latest, int(state.step.numpy()))
+
+  def save(step):
+    path = manager.save(checkpoint_number=step)
+    if not chief:
+      shutil.rmtree(save_dir, ignore_errors=True)
+      return latest_saved[0]
+    latest_saved[0] = path
+    return path
+
+  latest_saved = [latest]
+  iterator = iter(_train_dataset(config, strategy, int(state.step.numpy())))
+  writer = (tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard')) if chief
+            else tf.summary.create_noop_writer())
   train_chunk = make_train_chunk(config, strategy, state)
-  total = config.train.train_steps
+  heldout_eval = make_heldout_eval(config, state) if chief else None
+  any_worker = _make_any_worker(strategy)
+  t = config.train
+  total = t.train_steps
   progress = Progress('train', total)
   step = int(state.step.numpy())
-  while step < total:
-    chunk = min(config.train.log_freq - step % config.train.log_freq,
-                config.train.snapshot_freq - step % config.train.snapshot_freq, total - step)
-    start = time.time()
-    stats = {k: v.numpy() for k, v in train_chunk(iterator, tf.constant(chunk)).items()}
-    if stats['bad_step'] >= 0:
-      _raise_nonfinite(stats, state.sigmas, manager.latest_checkpoint)
-    step = int(state.step.numpy())
-    steps_per_sec = chunk / max(time.time() - start, 1e-9)
-    _write_scalars(writer, step, stats, state.sigmas, config.train.learning_rate, steps_per_sec)
-    progress.update(step, loss=float(stats['loss_sum'] / max(stats['per_sigma_count'].sum(), 1)))
-    if step % config.train.snapshot_freq == 0 or step == total:
-      manager.save(checkpoint_number=step)
-      if on_snapshot is not None:
-        on_snapshot(state, writer)
+  saved_step = step if latest else None
+  logged, logged_time, logged_steps, skipped_total = None, 0.0, 0, 0
+  with _stop_on_signals() as stop:
+    while step < total:
+      chunk = min(t.log_freq - step % t.log_freq, t.snapshot_freq - step % t.snapshot_freq,
+                  total - step, t.max_chunk_steps)
+      start = time.time()
+      stats = {k: v.numpy() for k, v in train_chunk(iterator, tf.constant(chunk)).items()}
+      if stats['bad_step'] >= 0:
+        _raise_nonfinite(stats, state.sigmas, latest_saved[0])
+      step = int(state.step.numpy())
+      logged = _accumulate(logged, stats)
+      logged_time += time.time() - start
+      logged_steps += chunk
+      if step % t.log_freq == 0 or step == total:
+        skipped_total += int(logged['skipped'])
+        _write_scalars(writer, step, logged, state.sigmas, t.learning_rate,
+                       logged_steps / max(logged_time, 1e-9), t.skip_nonfinite)
+        if logged['skipped']:
+          logging.warning('skipped %d non-finite step(s) up to step %d (%d in all)',
+                          int(logged['skipped']), step, skipped_total)
+        progress.update(step, loss=float(logged['loss_sum'] / max(logged['per_sigma_count'].sum(), 1)))
+        logged, logged_time, logged_steps = None, 0.0, 0
+      if step % t.snapshot_freq == 0 or step == total:
+        save(step)
+        saved_step = step
+        if heldout_eval is not None:
+          _write_heldout(writer, step, heldout_eval(), state.sigmas)
+        if on_snapshot is not None and chief:
+          on_snapshot(state, writer)
+      if any_worker(stop.signum is not None) and step < total:
+        if saved_step != step:
+          save(step)
+        writer.flush()
+        progress.close()
+        name = signal.Signals(stop.signum).name if stop.signum else 'another worker'
+        message = (f'stopped by {name} at step {step}: saved checkpoint {latest_saved[0]}; '
+                   f'run the same command again to resume')
+        logging.warning(message)
+        raise TrainingInterrupted(message, stop.signum or signal.SIGTERM)
   progress.close()
-  if manager.latest_checkpoint is None or int(manager.latest_checkpoint.rsplit('-', 1)[1]) != step:
-    manager.save(checkpoint_number=step)
+  if saved_step != step:
+    save(step)
   writer.flush()
   return state
 
@@ -275,3 +573,30 @@ def read_metrics_json(workdir: str) -> dict:
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+# --- checkpoints for evaluation sweeps -----------------------------------------
+
+def checkpoint_steps(config: config_lib.Config) -> dict:
+  """{step: checkpoint prefix} of every checkpoint kept in <workdir>/checkpoints, by step."""
+  state = tf.train.get_checkpoint_state(checkpoint_dir(config))
+  paths = list(state.all_model_checkpoint_paths) if state else []
+  found = {}
+  for path in paths:
+    if not os.path.isabs(path):
+      path = os.path.join(checkpoint_dir(config), path)
+    if tf.io.gfile.exists(path + '.index'):
+      found[int(path.rsplit('-', 1)[1])] = path
+  return dict(sorted(found.items()))
+
+
+def restore_step(state: TrainState, path: str) -> int:
+  """Restores the checkpoint `path` into an existing state in place; returns its step.
+
+  Reusing one state across a sweep keeps traced functions that close over its
+  models valid (no re-tracing per checkpoint).
+  """
+  state.checkpoint().restore(path).expect_partial()
+  step = int(state.step.numpy())
+  logging.info('restored %s (step %d)', path, step)
+  return step

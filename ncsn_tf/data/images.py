@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from ncsn_tf.data import shapes
 
@@ -66,8 +67,21 @@ FOLDER_TRAIN_PERCENT = 95
 FOLDER_SPLITS = ('train', 'test')
 
 
-class DatasetUnavailableError(Exception):
+class DatasetUnavailableError(FileNotFoundError):
   """A TFDS dataset is not downloaded and prepared in the data directory."""
+
+
+class CorruptImageFolderError(FileNotFoundError):
+  """More than FOLDER_MAX_BAD_FRACTION of an image folder's files are unreadable."""
+
+
+# Image folders: files that are empty or are not JPEG/PNG/GIF/BMP inside are
+# skipped with a warning that counts them; more than this fraction of bad
+# files is an error (the folder is probably not what --data_path meant).
+# Files whose header is fine but whose data are truncated or corrupt are
+# dropped when decoding fails (tf.data ignore_errors, logged by TensorFlow).
+FOLDER_MAX_BAD_FRACTION = 0.1
+_IMAGE_MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM')
 
 
 def native_shape(name: str, image_size: int | None) -> tuple[int, int, int]:
@@ -244,6 +258,31 @@ def folder_files(data_path: str, split: str = 'train') -> list[str]:
   return files
 
 
+def check_folder_files(files: list[str], data_path: str = '') -> list[str]:
+  """The files that look like images (non-empty, a JPEG/PNG/GIF/BMP header).
+
+  Logs a warning counting the skipped files; raises CorruptImageFolderError
+  if more than FOLDER_MAX_BAD_FRACTION of them are bad.
+  """
+  good, bad = [], []
+  for path in files:
+    try:
+      with tf.io.gfile.GFile(path, 'rb') as f:
+        head = f.read(8)
+    except (OSError, tf.errors.OpError):
+      head = b''
+    (good if head.startswith(_IMAGE_MAGIC) else bad).append(path)
+  if bad:
+    message = (f'{len(bad)} of {len(files)} files under {data_path!r} are empty or not '
+               f'JPEG/PNG images (e.g. {bad[0]!r})')
+    if len(bad) > FOLDER_MAX_BAD_FRACTION * len(files):
+      raise CorruptImageFolderError(
+          f'{message}: more than {FOLDER_MAX_BAD_FRACTION:.0%} are bad, so this is probably '
+          f'not an image folder; remove or fix them, or point --data_path elsewhere.')
+    logging.warning('%s: skipping them.', message)
+  return good
+
+
 def _check_name(name: str) -> None:
   if name not in SUPPORTED:
     raise ValueError(f'Unknown image dataset {name!r}; supported: {SUPPORTED}.')
@@ -366,7 +405,7 @@ def _folder_images(data_path: str | None, *, split: str, size: int, shuffle: boo
                    seed: int, num_pipelines: int, pipeline_id: int
                    ) -> tf.data.Dataset:
   """uint8 [size, size, 3] images of an image folder, this pipeline's shard."""
-  files = folder_files(data_path, split)
+  files = check_folder_files(folder_files(data_path, split), data_path)
   paths = tf.data.Dataset.from_tensor_slices(files).shard(num_pipelines,
                                                           pipeline_id)
   if shuffle:
@@ -380,7 +419,9 @@ def _folder_images(data_path: str | None, *, split: str, size: int, shuffle: boo
                                expand_animations=False)
     return _resize_uint8(_center_square(image), size)
 
-  return paths.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+  # A truncated or corrupt file past the header check fails to decode: drop it
+  # (TensorFlow logs each) rather than stop training.
+  return paths.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
 
 
 def _make_augment(*, random_flip: bool, add_noise: bool, to_logit: bool

@@ -98,6 +98,10 @@ class GaussianMixture(ToyDistribution):
   def sample(self, num: int, seed) -> tf.Tensor:
     return self.distribution().sample(num, seed=tf.cast(seed, tf.int32))
 
+  def perturbed_log_prob(self, x, sigma: float) -> tf.Tensor:
+    """log p_σ(x) for a scalar σ: the mixture with every covariance plus σ²I."""
+    return self.distribution(sigma).log_prob(x)
+
   def log_prob(self, x) -> tf.Tensor:
     return self.distribution().log_prob(x)
 
@@ -189,9 +193,130 @@ class Banana(ToyDistribution):
     return tf.stack([d_x1, d_x2], axis=-1)
 
 
+class Rings(ToyDistribution):
+  """Concentric rings: a mixture of uniform circles of radii r_k blurred by N(0, w²I).
+
+  x = r_k (cos θ, sin θ) + w z with k ~ π, θ ~ U[0, 2π), z ~ N(0, I). Each ring's
+  density is the Rice density
+      p_k(x) = exp(−(‖x‖² + r_k²) / (2w²)) · I_0(r_k‖x‖ / w²) / (2π w²),
+  so log p and the score are exact (through exponentially scaled Bessel
+  functions, stable for large arguments). Convolving with N(0, σ²I) only adds
+  σ² to w², so the perturbed score has a closed form too.
+
+  Args:
+    radii: [K] ring radii r_k >= 0.
+    weights: [K] positive weights summing to 1.
+    width: the Gaussian blur w > 0.
+  """
+
+  name = 'rings'
+  has_perturbed_score = True
+
+  def __init__(self, radii=(2.0, 4.5), weights=(0.4, 0.6), width: float = 0.25,
+               plot_radius: float = 6.5):
+    radii = np.asarray(radii, np.float64)
+    weights = np.asarray(weights, np.float64)
+    if radii.ndim != 1 or weights.shape != radii.shape or np.any(radii < 0):
+      raise ValueError(f'radii and weights must be [K] with radii >= 0, got {radii}, {weights}')
+    if np.any(weights <= 0) or abs(weights.sum() - 1) > 1e-6:
+      raise ValueError(f'weights must be positive and sum to 1, got {weights}')
+    if width <= 0:
+      raise ValueError(f'width must be > 0, got {width}')
+    self.radii = radii.astype(np.float32)
+    self.weights = weights.astype(np.float32)
+    self.width = float(width)
+    self.plot_radius = plot_radius
+
+  @property
+  def dim(self) -> int:
+    return 2
+
+  def sample(self, num: int, seed) -> tf.Tensor:
+    ring_seed, angle_seed, noise_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 3))
+    k = tf.random.stateless_categorical(tf.math.log(self.weights)[None], num, ring_seed)[0]
+    theta = tf.random.stateless_uniform([num], angle_seed, 0.0, 2.0 * np.pi)
+    circle = tf.gather(self.radii, k)[:, None] * tf.stack([tf.cos(theta), tf.sin(theta)], -1)
+    return circle + self.width * tf.random.stateless_normal([num, 2], noise_seed)
+
+  def _log_components(self, x, variance):
+    """[N, K] log π_k p_k(x) at blur variance w² (+σ²); variance scalar or [N, 1]."""
+    r = tf.norm(x, axis=-1, keepdims=True)                                  # [N, 1]
+    arg = r * self.radii[None] / variance                                   # [N, K]
+    # log I_0(a) = log(i0e(a)) + a, exact and overflow-free.
+    return (tf.math.log(self.weights)[None] - (r - self.radii[None])**2 / (2.0 * variance)
+            + tf.math.log(tf.math.special.bessel_i0e(arg)) - tf.math.log(2.0 * np.pi * variance))
+
+  def perturbed_log_prob(self, x, sigma) -> tf.Tensor:
+    """log p_σ(x), p_σ = p * N(0, σ²I): the same rings with w² + σ²."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    variance = self.width**2 + tf.reshape(tf.cast(sigma, tf.float32), [-1, 1])**2
+    return tf.reduce_logsumexp(self._log_components(x, variance), axis=-1)
+
+  def log_prob(self, x) -> tf.Tensor:
+    return self.perturbed_log_prob(x, 0.0)
+
+  def score(self, x) -> tf.Tensor:
+    return self.perturbed_score(x, 0.0)
+
+  def perturbed_score(self, x, sigma) -> tf.Tensor:
+    """Σ_k r_k(x) · (−x + r_k (I_1/I_0)(r_k‖x‖/v) x/‖x‖) / v, v = w² + σ²."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    variance = self.width**2 + tf.reshape(tf.cast(sigma, tf.float32), [-1, 1])**2
+    responsibilities = tf.nn.softmax(self._log_components(x, variance), axis=-1)  # [N, K]
+    r = tf.norm(x, axis=-1, keepdims=True)
+    arg = r * self.radii[None] / variance
+    bessel_ratio = tf.math.special.bessel_i1e(arg) / tf.math.special.bessel_i0e(arg)
+    # r_k I1/I0 / ‖x‖ stays finite as ‖x‖ -> 0 (I_1(a) ~ a/2): use the limit there.
+    radial = tf.where(r > 1e-6, self.radii[None] * bessel_ratio / tf.maximum(r, 1e-6),
+                      self.radii[None]**2 / (2.0 * variance))
+    pull = tf.reduce_sum(responsibilities * radial, axis=-1, keepdims=True)
+    return (pull - 1.0) * x / variance
+
+
+def grid_mixture(n_per_side: int = 5, spacing: float = 2.0, std: float = 0.25) -> GaussianMixture:
+  """25 (5×5) equal-weight isotropic Gaussians on a square grid centred at 0."""
+  axis = (np.arange(n_per_side) - (n_per_side - 1) / 2) * spacing
+  means = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+  k = len(means)
+  mixture = GaussianMixture(np.full(k, 1.0 / k), means, np.tile(std**2 * np.eye(2), (k, 1, 1)),
+                            plot_radius=float(axis[-1] + 2.0))
+  mixture.name = 'grid'
+  return mixture
+
+
+def circle_mixture(num: int = 8, radius: float = 4.0, std: float = 0.3) -> GaussianMixture:
+  """8 equal-weight isotropic Gaussians evenly spaced on a circle."""
+  angles = 2.0 * np.pi * np.arange(num) / num
+  means = radius * np.stack([np.cos(angles), np.sin(angles)], -1)
+  mixture = GaussianMixture(np.full(num, 1.0 / num), means,
+                            np.tile(std**2 * np.eye(2), (num, 1, 1)), plot_radius=radius + 2.5)
+  mixture.name = 'gmm8'
+  return mixture
+
+
+def perturbed_score_mc(dist: ToyDistribution, x, sigma: float, *, num: int = 8192, seed=(0, 0)):
+  """A Monte Carlo estimate of ∇log p_σ(x) for any toy (for those without a closed form).
+
+  ∇log p_σ(x̃) = E[(y − x̃)/σ² | x̃] with the posterior p(y | x̃) ∝ p(y) N(x̃; y, σ²I);
+  self-normalised importance sampling with `num` draws y ~ p. Biased for small
+  σ (few draws land near x̃); the lab uses it for the banana at σ_L only.
+  """
+  x = tf.convert_to_tensor(x, tf.float32)
+  y = dist.sample(num, seed=seed)                                         # [M, D]
+  sq = tf.reduce_sum((x[:, None, :] - y[None])**2, axis=-1)               # [N, M]
+  w = tf.nn.softmax(-sq / (2.0 * sigma**2), axis=-1)
+  return (tf.matmul(w, y) - x) / sigma**2
+
+
+#: `--dataset` name -> constructor. Closed-form perturbed score (`has_perturbed_score`):
+#: gmm, grid, gmm8 (Gaussian mixtures) and rings (Rice mixture); not banana.
 TOY_DISTRIBUTIONS = {
     'gmm': paper_mixture,
     'banana': Banana,
+    'rings': Rings,
+    'grid': grid_mixture,
+    'gmm8': circle_mixture,
 }
 
 

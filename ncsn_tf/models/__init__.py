@@ -11,7 +11,11 @@ def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
   m = config.model
   sigmas = sigmas_lib.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
   if m.name == 'mlp':
-    from ncsn_tf.models.mlp import NoiseConditionalMLP
+    from ncsn_tf import losses
+    from ncsn_tf.models.mlp import NoiseConditionalMLP, ScoreMLP
+    if config.train.loss in losses.SINGLE_SIGMA_LOSSES:  # One σ: an unconditional s(x).
+      return ScoreMLP(data_dim=data_shape[0], hidden_units=m.ngf, num_layers=m.num_layers,
+                      name='score_mlp_unconditional').build_for()
     model = NoiseConditionalMLP(data_dim=data_shape[0], sigmas=sigmas.tolist(),
                                 hidden_units=m.ngf, num_layers=m.num_layers,
                                 scale_by_sigma=m.scale_by_sigma, name='score_mlp')

@@ -86,3 +86,43 @@ class NoiseConditionalMLP(keras.Model):
     return {**super().get_config(), 'data_dim': self.data_dim, 'sigmas': self.sigma_values,
             'hidden_units': self.hidden_units, 'num_layers': self.num_layers,
             'scale_by_sigma': self.scale_by_sigma}
+
+
+@keras.saving.register_keras_serializable(package='ncsn_tf')
+class ScoreMLP(keras.Model):
+  """An unconditional score network s_θ(x): [N, D] -> [N, D], for single-σ objectives.
+
+  Dense -> softplus hidden layers (smooth, so the Jacobian-trace and sliced
+  objectives have well-defined second derivatives). `call` takes an optional
+  sigma_index and ignores it, so the trainer and the losses treat it exactly
+  like the noise-conditional network.
+
+  Args:
+    data_dim: D, the data dimension.
+    hidden_units: width of each hidden layer.
+    num_layers: number of hidden layers.
+  """
+
+  def __init__(self, data_dim: int, hidden_units: int = 128, num_layers: int = 3, **kwargs):
+    super().__init__(**kwargs)
+    self.data_dim = int(data_dim)
+    self.hidden_units = int(hidden_units)
+    self.num_layers = int(num_layers)
+    self.hidden = [keras.layers.Dense(hidden_units, name=f'dense_{k}') for k in range(num_layers)]
+    self.head = keras.layers.Dense(data_dim, name='head')
+
+  def call(self, x, sigma_index=None):
+    del sigma_index
+    h = ops.cast(x, 'float32')
+    for dense in self.hidden:
+      h = ops.softplus(dense(h))
+    return ops.cast(self.head(h), 'float32')
+
+  def build_for(self):
+    """Creates the variables by one call on zeros; returns self."""
+    self(ops.zeros((1, self.data_dim)), ops.zeros((1,), 'int32'))
+    return self
+
+  def get_config(self):
+    return {**super().get_config(), 'data_dim': self.data_dim,
+            'hidden_units': self.hidden_units, 'num_layers': self.num_layers}

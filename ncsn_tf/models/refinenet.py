@@ -29,6 +29,7 @@ start at zero.
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from ncsn_tf.models.normalization import ConditionalInstanceNormPlusPlus
@@ -53,11 +54,30 @@ def _torch_default_kernel_init():
                                             distribution='uniform')
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DilatedConv2D(keras.layers.Conv2D):
+  """keras.layers.Conv2D whose dilated case runs as ONE dilated convolution.
+
+  `tf.nn.convolution` (what Keras calls) lowers a dilated convolution to
+  SpaceToBatchND -> dense conv -> BatchToSpaceND; the dense conv then sees a
+  16x larger batch of 4x4 maps (dilation 4 at 16x16), on which oneDNN's
+  weight-gradient kernel runs ~5x below its normal rate. `tf.nn.conv2d` with
+  `dilations` reaches oneDNN's native dilated kernels (and XLA's, and
+  cuDNN's) directly. Same variables, same numbers (up to summation order).
+  """
+
+  def convolution_op(self, inputs, kernel):
+    if all(d == 1 for d in self.dilation_rate) or self.strides != (1, 1):
+      return super().convolution_op(inputs, kernel)
+    return tf.nn.conv2d(inputs, kernel, strides=1, padding=self.padding.upper(),
+                        dilations=list(self.dilation_rate))
+
+
 def conv2d(filters, kernel_size=3, dilation=1, use_bias=True, name=None):
   """A stride-1 'same' convolution, PyTorch-initialised (padding = dilation for 3x3)."""
-  return keras.layers.Conv2D(filters, kernel_size, padding='same', dilation_rate=dilation,
-                             use_bias=use_bias, kernel_initializer=_torch_default_kernel_init(),
-                             name=name)
+  return DilatedConv2D(filters, kernel_size, padding='same', dilation_rate=dilation,
+                       use_bias=use_bias, kernel_initializer=_torch_default_kernel_init(),
+                       name=name)
 
 
 def _elu(x):

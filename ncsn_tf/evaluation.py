@@ -1,0 +1,435 @@
+"""`--mode=eval` and `--mode=stats`: sample-based image metrics and checkpoint sweeps.
+
+For every selected checkpoint (`--eval_checkpoints=latest|all|STEP,...`):
+
+  annealed Langevin, `--eval_batch_size` images at a time (never all in memory)
+    -> clip to [0, 1] (after the inverse logit transform for logit-space runs)
+    -> Inception features and logits (`--inception_kind`, `--inception_path`)
+    -> RunningStatistics (FID), all logits (IS), the first KID_MAX_FEATURES features (KID)
+  + the held-out annealed DSM loss of the same weights,
+
+written to <workdir>/metrics.json (one entry per step under 'checkpoints', the
+latest evaluated step also at the top level) and TensorBoard (`eval/...`).
+Toy runs keep their exact metrics (`toy_eval.evaluate_toy`) in the same sweep.
+
+Reference statistics (mean, covariance of the features of real data) come from
+`--reference_stats` (any TTUR .npz works) or are computed from
+`--reference_split` of the dataset at the model's resolution, without
+dequantisation noise or flips, and cached under <workdir>/reference_stats/.
+`--mode=stats` computes them explicitly. The published numbers (NCSN: IS 8.87,
+FID 25.32 on CIFAR-10) use 50,000 samples, the 2015 FID Inception graph and
+statistics of the full training set; see docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from ncsn_tf import config as config_lib
+from ncsn_tf import data as data_lib
+from ncsn_tf import export as export_lib
+from ncsn_tf import plots
+from ncsn_tf import toy_eval
+from ncsn_tf import train_lib
+from ncsn_tf.metrics import image as image_metrics
+from ncsn_tf.progress import Progress
+from ncsn_tf.sampling import langevin
+
+#: Splits of the Inception Score, as in every published number.
+IS_SPLITS = 10
+#: KID: subsets and subset size of Binkowski et al.'s reference code.
+KID_NUM_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+#: Features kept per side for KID (10k x 2048 float32 = 80 MB); FID and IS use all.
+KID_MAX_FEATURES = 10_000
+#: Samples shown in the TensorBoard grid of each evaluated checkpoint.
+GRID_SAMPLES = 64
+#: Key of the KID reference features stored beside mu/sigma in computed statistics.
+FEATURES_KEY = 'features'
+#: Seed offsets (added to --seed) of the evaluation sampler's initial states and noise.
+_INIT_SEED, _NOISE_SEED = 2_000_003, 3_000_017
+
+
+# --- feature extractor and reference statistics ---------------------------------
+
+def build_extractor(ev: config_lib.EvalConfig):
+  """The FeatureExtractor named by --inception_kind / --inception_path (nothing downloaded)."""
+  from ncsn_tf.metrics import inception  # Imports Keras applications: only when needed.
+  if ev.inception_kind == 'fid_graph':
+    return inception.FIDInceptionGraph(ev.inception_path)
+  if ev.inception_kind == 'keras':
+    return inception.KerasInceptionV3(ev.inception_path)
+  return inception.tiny_random_inception()
+
+
+def extractor_info(config: config_lib.Config, extractor) -> dict:
+  return {'name': extractor.name, 'kind': config.eval.inception_kind,
+          'path': config.eval.inception_path or None,
+          'comparable_with_published': bool(extractor.comparable_with_published)}
+
+
+def default_reference_path(config: config_lib.Config, extractor) -> str:
+  """<workdir>/reference_stats/<dataset>_<split>_<size>px_<images>_<extractor>.npz."""
+  ev = config.eval
+  size = data_lib.data_shape(config.data)[0]
+  count = ev.reference_images or 'all'
+  slug = re.sub(r'[^A-Za-z0-9]+', '_', extractor.name).strip('_')
+  name = f'{config.data.dataset}_{ev.reference_split}_{size}px_{count}_{slug}.npz'
+  return os.path.join(config.workdir, 'reference_stats', name)
+
+
+def dataset_images(config: config_lib.Config, split: str, limit: int = 0):
+  """Yields float32 [B, H, W, C] batches of real images in [0, 1], at most `limit` (0: all).
+
+  No dequantisation noise, flips or logit transform: the 8-bit images at the
+  model's resolution, as TTUR computes statistics. Batches are
+  --eval_batch_size images; the split's last partial batch is dropped.
+  """
+  from ncsn_tf.data import images  # tfds: image runs only.
+  d, ev = config.data, config.eval
+  batch_size = min(ev.batch_size, limit) if limit else ev.batch_size
+  dataset = images.image_dataset(
+      d.dataset, split=split, image_size=d.image_size, batch_size=batch_size,
+      data_dir=d.data_dir, data_path=d.data_path, random_flip=False, dequantize=False,
+      logit_transform=False, shuffle=False, repeat=False, seed=config.seed)
+  done = 0
+  for batch in dataset:
+    batch = batch.numpy()
+    if limit:
+      batch = batch[:limit - done]
+    done += len(batch)
+    yield batch
+    if limit and done >= limit:
+      return
+
+
+@dataclasses.dataclass
+class _Accumulator:
+  """Streams feature batches: running mean/covariance, all logits, the first KID features."""
+  statistics: image_metrics.RunningStatistics = dataclasses.field(
+      default_factory=image_metrics.RunningStatistics)
+  logits: list = dataclasses.field(default_factory=list)
+  features: list = dataclasses.field(default_factory=list)
+  kept: int = 0
+
+  def add(self, features, logits):
+    self.statistics.update(features)
+    self.logits.append(logits)
+    if self.kept < KID_MAX_FEATURES:
+      self.features.append(features[:KID_MAX_FEATURES - self.kept])
+      self.kept += len(self.features[-1])
+
+  def kid_features(self):
+    return np.concatenate(self.features) if self.features else np.zeros([0, 0], np.float32)
+
+
+def compute_reference_statistics(config: config_lib.Config, extractor, path: str) -> str:
+  """Features of --reference_split -> `path` (.npz: mu, sigma, KID features, provenance)."""
+  ev = config.eval
+  acc = _Accumulator()
+  # The size of a split is known only once read: a progress bar needs --reference_images.
+  progress = Progress('reference statistics', ev.reference_images) if ev.reference_images else None
+  for batch in dataset_images(config, ev.reference_split, ev.reference_images):
+    acc.add(*extractor(batch))
+    if progress:
+      progress.update(acc.statistics.count)
+  if progress:
+    progress.close()
+  if acc.statistics.count < 2:
+    raise ValueError(f'--reference_split={ev.reference_split} of {config.data.dataset} gave '
+                     f'{acc.statistics.count} image(s); lower --eval_batch_size (the last '
+                     'partial batch is dropped) or use a larger split')
+  mu, sigma = acc.statistics.mean_cov()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path[:-len('.npz')] + '.tmp.npz' if path.endswith('.npz') else path + '.tmp.npz'
+  tmp = image_metrics.save_statistics(
+      tmp, mu, sigma, **{FEATURES_KEY: acc.kid_features()}, extractor=extractor.name,
+      dataset=config.data.dataset, split=ev.reference_split,
+      image_size=data_lib.data_shape(config.data)[0], num_images=acc.statistics.count)
+  os.replace(tmp, path)
+  logging.info('reference statistics of %d %s/%s images (%s features) -> %s',
+               acc.statistics.count, config.data.dataset, ev.reference_split, extractor.name, path)
+  return path
+
+
+@dataclasses.dataclass
+class Reference:
+  mu: np.ndarray
+  sigma: np.ndarray
+  features: np.ndarray | None  # For KID; None for TTUR files (statistics only).
+  info: dict
+
+
+def load_reference(path: str, extractor) -> Reference:
+  """Loads statistics and checks they were made with `extractor`'s features.
+
+  Files without an 'extractor' entry (TTUR's precomputed statistics) are taken
+  to be FID-Inception statistics and only accepted with that network.
+  """
+  mu, sigma = image_metrics.load_statistics(path)
+  with np.load(path, allow_pickle=False) as data:
+    meta = {k: data[k] for k in data.files if k not in ('mu', 'sigma')}
+  source = str(meta['extractor']) if 'extractor' in meta else None
+  expected = source or 'fid_inception_2015 (a TTUR statistics file: no extractor entry)'
+  if (source or 'fid_inception_2015') != extractor.name:
+    raise ValueError(f'{path} holds statistics of {expected} features but this evaluation uses '
+                     f'{extractor.name}: FID across networks is meaningless; pass matching '
+                     '--reference_stats or compute them with --mode=stats')
+  features = meta.get(FEATURES_KEY)
+  if features is not None and features.size == 0:
+    features = None
+  info = {'path': os.path.abspath(path), 'extractor': source,
+          'num_images': int(meta['num_images']) if 'num_images' in meta else None,
+          'dataset': str(meta['dataset']) if 'dataset' in meta else None,
+          'split': str(meta['split']) if 'split' in meta else None,
+          'image_size': int(meta['image_size']) if 'image_size' in meta else None,
+          'num_kid_features': 0 if features is None else int(len(features))}
+  return Reference(mu, sigma, features, info)
+
+
+def reference_for(config: config_lib.Config, extractor) -> Reference:
+  """--reference_stats if given (must exist), else the cached or freshly computed default."""
+  if config.eval.reference_stats:
+    path = config.eval.reference_stats
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f'--reference_stats file not found: {path}; use a TTUR statistics file '
+          '(e.g. fid_stats_cifar10_train.npz) or compute it with --mode=stats '
+          f'--reference_stats={path}')
+    return load_reference(path, extractor)
+  path = default_reference_path(config, extractor)
+  if not os.path.isfile(path):
+    compute_reference_statistics(config, extractor, path)
+  return load_reference(path, extractor)
+
+
+def run_stats(config: config_lib.Config) -> str:
+  """--mode=stats: computes reference statistics to --reference_stats (or the default path)."""
+  extractor = build_extractor(config.eval)
+  path = config.eval.reference_stats or default_reference_path(config, extractor)
+  if not path.endswith('.npz'):
+    path += '.npz'
+  return compute_reference_statistics(config, extractor, path)
+
+
+# --- samples -> metrics ----------------------------------------------------------
+
+def to_unit_range(x, data: config_lib.DataConfig) -> np.ndarray:
+  """Sampler output -> images in [0, 1] (inverse logit transform, then clip)."""
+  if data.logit_transform:
+    from ncsn_tf.data import images
+    x = images.inverse_logit_transform(x)
+  return np.clip(np.asarray(x, np.float32), 0.0, 1.0)
+
+
+class ImageEvaluator:
+  """Held-out loss and IS/FID/KID of the weights currently in `model`.
+
+  Built once per sweep: the sampler and the held-out loss are traced once and
+  re-run after each checkpoint is restored into the same variables.
+  """
+
+  def __init__(self, config: config_lib.Config, model, sigmas, heldout, extractor=None,
+               reference: Reference | None = None):
+    self.config, self.model, self.heldout = config, model, heldout
+    self.sigmas = np.asarray(sigmas, np.float32)
+    self.extractor, self.reference = extractor, reference
+    # One Python callable for every batch and checkpoint: one trace of the sampler.
+    self._score_fn = lambda x, i: model(x, i)
+
+  def _sample_batches(self, num: int):
+    ev, s = self.config.eval, self.config.sampling
+    shape = data_lib.data_shape(self.config.data)
+    sigmas = tf.constant(self.sigmas)
+    for k, start in enumerate(range(0, num, ev.batch_size)):
+      # Full batches only (same shapes, no re-trace); the last one is cut.
+      x_init = export_lib.initial_state(shape, tf.constant(ev.batch_size),
+                                        tf.constant([self.config.seed + _INIT_SEED, k]),
+                                        self.config.data)
+      x = langevin.annealed_langevin_dynamics(
+          self._score_fn, x_init, sigmas, n_steps_each=s.n_steps_each, step_lr=s.step_lr,
+          seed=tf.constant([self.config.seed + _NOISE_SEED, k]), denoise=s.denoise)
+      yield x.numpy()[:num - start]
+
+  def sample_metrics(self) -> tuple[dict, np.ndarray]:
+    """IS, FID and KID of --eval_samples samples; returns (metrics, first samples for a grid)."""
+    num = self.config.eval.num_samples
+    acc, grid, nonfinite = _Accumulator(), [], 0
+    progress = Progress('eval samples', num)
+    for raw in self._sample_batches(num):
+      bad = ~np.all(np.isfinite(raw.reshape(len(raw), -1)), axis=1)
+      nonfinite += int(bad.sum())
+      images = to_unit_range(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), self.config.data)
+      if len(grid) < GRID_SAMPLES:
+        grid.extend(images[:GRID_SAMPLES - len(grid)])
+      acc.add(*self.extractor(images))
+      progress.update(acc.statistics.count)
+    progress.close()
+    if nonfinite:
+      logging.warning('%d of %d samples were not finite (diverged sampler); set to 0', nonfinite, num)
+    mu, sigma = acc.statistics.mean_cov()
+    if mu.shape != self.reference.mu.shape:
+      raise ValueError(f'reference statistics {self.reference.info["path"]} have '
+                       f'{self.reference.mu.shape[0]} features, {self.extractor.name} gives '
+                       f'{mu.shape[0]}')
+    logits = np.concatenate(acc.logits)
+    splits = min(IS_SPLITS, len(logits))
+    is_mean, is_std = image_metrics.inception_score_from_logits(logits, splits=splits)
+    metrics = {
+        'num_samples': int(acc.statistics.count),
+        'nonfinite_samples': nonfinite,
+        'inception_score': {'mean': is_mean, 'std': is_std, 'splits': splits},
+        'fid': image_metrics.fid_from_statistics(mu, sigma, self.reference.mu, self.reference.sigma),
+        'kid': self._kid(acc.kid_features()),
+    }
+    return metrics, np.stack(grid)
+
+  def _kid(self, features) -> dict:
+    if self.reference.features is None:
+      return {'mean': None, 'std': None, 'unavailable': (
+          'the reference statistics file holds no features (TTUR format); '
+          'compute statistics with --mode=stats for KID')}
+    size = min(KID_SUBSET_SIZE, len(features), len(self.reference.features))
+    mean, std = image_metrics.kid_from_activations(
+        features, self.reference.features, num_subsets=KID_NUM_SUBSETS, subset_size=size,
+        seed=self.config.seed)
+    return {'mean': mean, 'std': std, 'num_subsets': KID_NUM_SUBSETS, 'subset_size': size,
+            'num_features': [int(len(features)), int(len(self.reference.features))]}
+
+  def __call__(self, step: int, writer) -> dict:
+    config = self.config
+    mean, per_sigma = self.heldout()
+    metrics = {'step': step, 'dataset': config.data.dataset, 'heldout_loss': float(mean),
+               'heldout_loss_per_sigma': [float(v) for v in per_sigma],
+               'sigmas': [float(v) for v in self.sigmas]}
+    grid = None
+    if self.extractor is not None:
+      sample_metrics, grid = self.sample_metrics()
+      metrics.update(sample_metrics)
+      metrics['feature_source'] = extractor_info(config, self.extractor)
+      metrics['reference_stats'] = self.reference.info
+      s = config.sampling
+      metrics['sampler'] = {'n_steps_each': s.n_steps_each, 'step_lr': s.step_lr,
+                            'denoise': s.denoise, 'batch_size': config.eval.batch_size,
+                            'seed': config.seed}
+    _write_image_summaries(writer, metrics, grid)
+    logging.info('step %d: %s', step, _summary_line(metrics))
+    return metrics
+
+
+def _summary_line(m: dict) -> str:
+  line = f'held-out loss {m["heldout_loss"]:.4f}'
+  if 'fid' in m:
+    kid = m['kid']['mean']
+    line += (f'; {m["num_samples"]} samples, {m["feature_source"]["name"]} features, '
+             f'statistics {m["reference_stats"]["path"]}: IS {m["inception_score"]["mean"]:.3f}'
+             f' ± {m["inception_score"]["std"]:.3f}, FID {m["fid"]:.3f}, KID '
+             + ('n/a' if kid is None else f'{kid:.5f}'))
+    if not m['feature_source']['comparable_with_published']:
+      line += ' (NOT comparable with published numbers: not the FID Inception graph)'
+  return line
+
+
+def _write_image_summaries(writer, m: dict, grid):
+  step = m['step']
+  with writer.as_default(step=step):
+    tf.summary.scalar('eval/heldout_loss', m['heldout_loss'])
+    if 'fid' in m:
+      tf.summary.scalar('eval/fid', m['fid'])
+      tf.summary.scalar('eval/inception_score', m['inception_score']['mean'])
+      tf.summary.scalar('eval/inception_score_std', m['inception_score']['std'])
+      if m['kid']['mean'] is not None:
+        tf.summary.scalar('eval/kid', m['kid']['mean'])
+        tf.summary.scalar('eval/kid_std', m['kid']['std'])
+      settings = {k: m[k] for k in ('num_samples', 'feature_source', 'reference_stats', 'sampler')}
+      tf.summary.text('eval/settings', json.dumps(settings, indent=2, sort_keys=True))
+      tf.summary.image('eval/samples', plots.image_grid(grid)[None])
+  writer.flush()
+
+
+# --- the sweep -----------------------------------------------------------------------
+
+def select_checkpoints(config: config_lib.Config) -> dict:
+  """{step: path} chosen by --eval_checkpoints; FileNotFoundError if none/missing."""
+  available = train_lib.checkpoint_steps(config)
+  if not available:
+    raise FileNotFoundError(f'no checkpoint in {train_lib.checkpoint_dir(config)}: train first '
+                            f'(--mode=train with the same --workdir)')
+  which = config.eval.checkpoints
+  if which == 'all':
+    return available
+  if which == 'latest':
+    step = max(available)
+    return {step: available[step]}
+  wanted = sorted({int(s) for s in which.split(',')})
+  missing = [s for s in wanted if s not in available]
+  if missing:
+    raise FileNotFoundError(f'--eval_checkpoints: no checkpoint for step(s) {missing} in '
+                            f'{train_lib.checkpoint_dir(config)}; kept: {sorted(available)}')
+  return {s: available[s] for s in wanted}
+
+
+def _sample_metrics_enabled(config: config_lib.Config) -> bool:
+  """IS/FID/KID run in --mode=eval, and after training only if a network is configured."""
+  ev = config.eval
+  if config.data.is_toy or ev.num_samples == 0:
+    return False
+  return config.mode != 'train' or ev.inception_kind == 'tiny_random' or bool(ev.inception_path)
+
+
+def evaluate_run(config: config_lib.Config, state=None) -> dict:
+  """Evaluates `state`, or the checkpoints chosen by --eval_checkpoints; writes metrics.json.
+
+  Returns the metrics of the latest evaluated step, with 'checkpoints':
+  {str(step): metrics} for every step in metrics.json (earlier entries kept).
+  """
+  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
+  if state is None:
+    state = train_lib.create_state(config, tf.distribute.get_strategy())
+    targets = select_checkpoints(config)
+  else:
+    targets = {int(state.step.numpy()): None}
+  # Without an EMA (--ema_rate=0) the EMA copy keeps the initial weights.
+  model = state.ema_model if config.train.ema_rate > 0 else state.model
+  heldout = train_lib.make_heldout_eval(
+      config.replace(train={'heldout_batches': max(config.train.heldout_batches, 1)}),
+      dataclasses.replace(state, ema_model=model))
+  if config.data.is_toy:
+    def evaluate(step):
+      metrics = toy_eval.evaluate_toy(config, model, state.sigmas, step=step, writer=writer)
+      mean, per_sigma = heldout()
+      metrics.update(heldout_loss=float(mean), heldout_loss_per_sigma=[float(v) for v in per_sigma])
+      with writer.as_default(step=step):
+        tf.summary.scalar('eval/heldout_loss', mean)
+      writer.flush()
+      return metrics
+  else:
+    extractor = reference = None
+    if _sample_metrics_enabled(config):
+      extractor = build_extractor(config.eval)
+      reference = reference_for(config, extractor)
+    evaluator = ImageEvaluator(config, model, state.sigmas, heldout, extractor, reference)
+    evaluate = lambda step: evaluator(step, writer)  # noqa: E731
+  results = {}
+  for step, path in targets.items():
+    if path is not None:
+      step = train_lib.restore_step(state, path)
+    results[step] = evaluate(step)
+  return write_metrics(config, results)
+
+
+def write_metrics(config: config_lib.Config, results: dict) -> dict:
+  """Merges {step: metrics} into <workdir>/metrics.json (atomically); returns the payload."""
+  previous = train_lib.read_metrics_json(config.workdir).get('checkpoints', {})
+  checkpoints = {**previous, **{str(step): m for step, m in results.items()}}
+  latest = results[max(results)]
+  payload = {**latest, 'checkpoints': dict(sorted(checkpoints.items(), key=lambda kv: int(kv[0])))}
+  toy_eval.write_json_atomic(os.path.join(config.workdir, 'metrics.json'), payload)
+  return payload

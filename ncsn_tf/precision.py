@@ -1,0 +1,50 @@
+"""Numeric precision of the score network: float32 or Keras mixed precision.
+
+`resolve(precision, model_name)` turns `--precision=auto` into a concrete
+Keras dtype policy; `policy_scope(name)` builds layers under that policy
+without leaving a process-wide global behind (layers keep the policy they were
+built with). Normalisation statistics and the loss stay in float32 whatever
+the policy (CIN++ and losses.py cast explicitly).
+"""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+
+def _has_gpu() -> bool:
+  return bool(tf.config.list_physical_devices('GPU'))
+
+
+def resolve(precision: str, model_name: str) -> str:
+  """A concrete policy name for `precision` ('auto' or a Keras policy name).
+
+  auto: the small toy MLP is dominated by op overhead, so float32; the
+  convolutional RefineNet runs faster in bfloat16 on CPUs with AMX/AVX512-BF16
+  (oneDNN) and in float16 on GPUs with tensor cores.
+  """
+  if precision != 'auto':
+    return precision
+  if model_name != 'refinenet':
+    return 'float32'
+  return 'mixed_float16' if _has_gpu() else 'mixed_bfloat16'
+
+
+@contextlib.contextmanager
+def policy_scope(policy: str):
+  """Layers constructed inside use `policy`; the previous global policy returns after."""
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+
+
+def make_optimizer(policy: str, learning_rate: float, beta_1: float) -> keras.optimizers.Optimizer:
+  """Adam; wrapped in a dynamic LossScaleOptimizer under float16 (bfloat16 needs none)."""
+  optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1)
+  if policy == 'mixed_float16':
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
