@@ -104,11 +104,30 @@ def next_version(export_dir: str) -> int:
   return max(versions, default=0) + 1
 
 
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_temporaries(export_dir: str):
+  """Deletes temporary versions left by exporting processes that died (e.g. kill -9)."""
+  for name in os.listdir(export_dir):
+    pid = name.rsplit('-', 1)[-1]
+    if name.startswith(_TMP_PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
+      shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+
+
 def export(score_model, config: config_lib.Config, sigmas: np.ndarray,
            version: int | None = None) -> str:
   """Writes a new SavedModel version atomically; returns its directory."""
   export_dir = config.export.export_dir
   os.makedirs(export_dir, exist_ok=True)
+  remove_stale_temporaries(export_dir)
   version = version or next_version(export_dir)
   final = os.path.join(export_dir, str(version))
   if os.path.exists(final):

@@ -73,8 +73,7 @@ def _score_field_figures(dist, score_model, sigmas):
     learned = score_model(points, np.full([len(points)], level, np.int32)).numpy()
     if dist.has_perturbed_score:
       exact = dist.perturbed_score(points, sigma).numpy()
-      density = np.exp(toy.GaussianMixture(dist.weights, dist.means, dist.covariances)
-                       .distribution(sigma).log_prob(dense).numpy())
+      density = np.exp(dist.perturbed_log_prob(dense, sigma).numpy())
       name = f'exact ∇log p_σ vs learned s(x, σ), σ = {sigma:.3g}'
     else:
       exact = dist.score(points).numpy()
