@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Quiet TensorFlow's C++ start-up chatter; warnings and errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# Long runs (toy 20k steps, shapes 2k steps): RSS and step time over the run.
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -300,7 +300,8 @@ def _validate_eval(config: Config):
   ev = config.eval
   if config.mode == 'stats':
     _require(not config.data.is_toy, 'mode', 'stats needs an image --dataset')
-  _require(ev.num_samples >= 0, 'eval_samples', f'must be >= 0, got {ev.num_samples}')
+  _require(ev.num_samples == 0 or ev.num_samples >= 2, 'eval_samples',
+           f'must be 0 (held-out loss only) or >= 2 (a covariance), got {ev.num_samples}')
   _require(ev.batch_size >= 1, 'eval_batch_size', f'must be >= 1, got {ev.batch_size}')
   _require(ev.reference_images >= 0, 'reference_images', f'must be >= 0, got {ev.reference_images}')
   steps = ev.checkpoints.split(',')

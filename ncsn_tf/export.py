@@ -70,7 +70,18 @@ class ScoreModule(tf.Module):
     return out
 
   def _score(self, x, sigma_index):
-    return {'score': tf.cast(self.score_model(x, sigma_index), tf.float32)}
+    # A loaded signature checks dtypes and known dims, not the rank: check here.
+    x = tf.ensure_shape(x, [None, *self._shape], name='check_x_shape')
+    sigma_index = tf.ensure_shape(sigma_index, [None], name='check_sigma_index_shape')
+    num_levels = tf.shape(self.sigmas, out_type=tf.int32)[0]
+    checks = [
+        tf.debugging.assert_equal(tf.shape(x)[0], tf.shape(sigma_index)[0],
+                                  message='score: x and sigma_index need the same batch size'),
+        tf.debugging.assert_non_negative(sigma_index, message='score: sigma_index must be >= 0'),
+        tf.debugging.assert_less(sigma_index, num_levels,
+                                 message='score: sigma_index must be < the number of noise levels')]
+    with tf.control_dependencies(checks):
+      return {'score': tf.cast(self.score_model(x, sigma_index), tf.float32)}
 
   def _sample(self, num_samples, seed):
     cfg = self._config
@@ -87,6 +98,11 @@ class ScoreModule(tf.Module):
 
   def _inpaint(self, images, mask, seed):
     cfg = self._config
+    images = tf.ensure_shape(images, [None, *self._shape], name='check_images_shape')
+    mask = tf.ensure_shape(mask, [None, *self._shape], name='check_mask_shape')
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.shape(images), tf.shape(mask), message='inpaint: images and mask need the same shape')]):
+      images = tf.identity(images)
     inpainted = inpainting.annealed_langevin_inpainting(
         lambda x, i: self.score_model(x, i), images, mask, self.sigmas,
         n_steps_each=cfg.sampling.n_steps_each, step_lr=cfg.sampling.step_lr,

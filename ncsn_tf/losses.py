@@ -23,6 +23,21 @@ def _per_example_sum(t):
   return tf.reduce_sum(tf.reshape(t, [tf.shape(t)[0], -1]), axis=-1)
 
 
+def perturb_at_random_levels(x, sigmas, label_seed, noise_seed):
+  """x̃ = x + σ_i z with one level i ~ U{0..L−1} per example (the annealed objectives).
+
+  Returns (perturbed_x like x, used_sigmas [N, 1, ...] broadcastable to x,
+  sigma_index [N] int32).
+  """
+  batch = tf.shape(x)[0]
+  sigma_index = tf.random.stateless_uniform([batch], label_seed, minval=0,
+                                            maxval=tf.shape(sigmas)[0], dtype=tf.int32)
+  used_sigmas = tf.reshape(tf.gather(sigmas, sigma_index),
+                           tf.concat([[batch], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+  perturbed_x = x + used_sigmas * tf.random.stateless_normal(tf.shape(x), noise_seed)
+  return perturbed_x, used_sigmas, sigma_index
+
+
 def anneal_dsm_per_example(score_fn, x, sigmas, seed):
   """Annealed DSM, the paper's eqs. (5)-(6), one term per example.
 
@@ -42,12 +57,8 @@ def anneal_dsm_per_example(score_fn, x, sigmas, seed):
   x = tf.cast(x, tf.float32)
   sigmas = tf.cast(sigmas, tf.float32)
   label_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  batch = tf.shape(x)[0]
-  sigma_index = tf.random.stateless_uniform([batch], label_seed, minval=0,
-                                            maxval=tf.shape(sigmas)[0], dtype=tf.int32)
-  used_sigmas = tf.reshape(tf.gather(sigmas, sigma_index),
-                           tf.concat([[batch], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
-  perturbed_x = x + used_sigmas * tf.random.stateless_normal(tf.shape(x), noise_seed)
+  perturbed_x, used_sigmas, sigma_index = perturb_at_random_levels(x, sigmas, label_seed,
+                                                                  noise_seed)
   target_score = dsm_target(perturbed_x, x, used_sigmas)
   score = tf.cast(score_fn(perturbed_x, sigma_index), tf.float32)
   loss = 0.5 * _per_example_sum(tf.square(score - target_score)) * tf.reshape(used_sigmas, [-1])**2
@@ -208,12 +219,8 @@ def anneal_ssm_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 
   x = tf.cast(x, tf.float32)
   sigmas = tf.cast(sigmas, tf.float32)
   label_seed, noise_seed, vector_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-  batch = tf.shape(x)[0]
-  sigma_index = tf.random.stateless_uniform([batch], label_seed, minval=0,
-                                            maxval=tf.shape(sigmas)[0], dtype=tf.int32)
-  used_sigmas = tf.reshape(tf.gather(sigmas, sigma_index),
-                           tf.concat([[batch], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
-  perturbed_x = x + used_sigmas * tf.random.stateless_normal(tf.shape(x), noise_seed)
+  perturbed_x, used_sigmas, sigma_index = perturb_at_random_levels(x, sigmas, label_seed,
+                                                                  noise_seed)
   curvature, half_sq_proj, half_sq_norm = _sliced_terms(score_fn, perturbed_x, sigma_index,
                                                         vector_seed, num_projections, projection)
   loss = curvature + (half_sq_norm if variance_reduction else half_sq_proj)

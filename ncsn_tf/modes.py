@@ -176,6 +176,8 @@ def run_train(config: config_lib.Config) -> dict:
   """Trains (or resumes), then samples, evaluates and exports."""
   hook = None if config.data.is_toy else image_snapshot_hook(config)
   state = train_lib.train(config, on_snapshot=hook)
+  if not state.chief:  # Multi-worker: only the chief samples, evaluates and exports.
+    return {'metrics': {}, 'export': None}
   run_sample(config, state)
   metrics = run_eval(config, state)
   path = run_export(config, state)

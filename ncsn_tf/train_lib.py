@@ -121,8 +121,12 @@ class TrainState:
   chief: bool = True  # False on non-chief workers: they write no outputs
 
   def checkpoint(self, **extra) -> tf.train.Checkpoint:
+    # tf.train.Checkpoint does not see Keras 3 layers kept in Python lists
+    # (RefineNet's blocks): without the explicit weight lists, the EMA model's
+    # blocks were not saved at all (the model's only through the optimizer).
     return tf.train.Checkpoint(step=self.step, model=self.model, ema_model=self.ema_model,
-                               optimizer=self.optimizer, **extra)
+                               optimizer=self.optimizer, model_weights=list(self.model.weights),
+                               ema_weights=list(self.ema_model.weights), **extra)
 
 
 def ladder(config: config_lib.Config) -> np.ndarray:
@@ -137,8 +141,11 @@ def create_state(config: config_lib.Config, strategy: tf.distribute.Strategy) ->
   keras.utils.set_random_seed(config.seed)
   with strategy.scope(), precision.policy_scope(policy):
     model = models.build_model(config, shape)
-    ema_model = models.build_model(config, shape)
-    ema_model.set_weights(model.get_weights())
+    if config.train.ema_rate > 0:
+      ema_model = models.build_model(config, shape)
+      ema_model.set_weights(model.get_weights())
+    else:  # No EMA (NCSN v1): sampling, evaluation and export use the model itself.
+      ema_model = model
     optimizer = precision.make_optimizer(policy, config.train.learning_rate, config.train.beta1)
     # Keras 3 optimizers must create their slots inside the scope before the
     # first tf.function step, or MirroredStrategy fails on a placeholder.
@@ -280,8 +287,13 @@ def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy
       skipped = reduce(tf.distribute.ReduceOp.MEAN, out[5])
       skipped_steps += skipped
       if ema_rate > 0 and skipped == 0:
+        # Warm-up as tf.train.ExponentialMovingAverage(num_updates=step): the
+        # decay grows as (1 + t)/(10 + t) up to ema_rate, so early snapshots
+        # are not dominated by the random initial weights.
+        t = tf.cast(step, tf.float32)
+        rate = tf.minimum(ema_rate, (1.0 + t) / (10.0 + t))
         for ema_var, var in zip(ema_model.weights, model.weights):
-          ema_var.assign(ema_rate * ema_var + (1.0 - ema_rate) * var)
+          ema_var.assign(rate * ema_var + (1.0 - rate) * var)
       step.assign_add(1)
       if not skip_nonfinite and (tf.reduce_any(bad_counts > 0) or grads_bad > 0):
         bad_step = step - 1

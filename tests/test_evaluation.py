@@ -181,7 +181,7 @@ def test_reference_files_from_another_network_are_refused(tmp_path):
     (['--mode=stats', '--inception_kind=keras'], '--inception_path: is required for --mode=stats'),
     (['--eval_checkpoints=newest'], '--eval_checkpoints: must be latest, all or comma-separated'),
     (['--inception_kind=v4'], '--inception_kind: must be one of'),
-    (['--eval_samples=-1'], '--eval_samples: must be >= 0'),
+    (['--eval_samples=1'], '--eval_samples: must be 0 (held-out loss only) or >= 2'),
 ])
 def test_invalid_eval_flags_fail_with_one_line(tmp_path, flags, expected):
   cfg = os.path.join(REPO_ROOT, 'tf_configs', 'shapes.cfg')

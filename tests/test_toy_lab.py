@@ -8,14 +8,7 @@ import tensorflow as tf
 
 from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
-
-
-def _autodiff_score(log_prob_fn, x):
-  x = tf.convert_to_tensor(x)
-  with tf.GradientTape() as tape:
-    tape.watch(x)
-    lp = log_prob_fn(x)
-  return tape.gradient(lp, x)
+from test_toy import _autodiff_score
 
 
 @pytest.mark.parametrize('name', ['rings', 'grid', 'gmm8'])
