@@ -79,14 +79,30 @@ def make_strategy(num_cpu_replicas: int = 0, kind: str = 'auto') -> tf.distribut
   TF_CONFIG (it must be created before any other TensorFlow op).
   """
   if kind == 'multi_worker':
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _cached_strategy(('multi_worker',), tf.distribute.MultiWorkerMirroredStrategy)
   if num_cpu_replicas > 1:
     configure_cpu_replicas(num_cpu_replicas)
-    cpus = tf.config.list_logical_devices('CPU')[:num_cpu_replicas]
-    return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    cpus = tuple(d.name for d in tf.config.list_logical_devices('CPU')[:num_cpu_replicas])
+    return _cached_strategy(cpus, lambda: tf.distribute.MirroredStrategy(list(cpus)))
   if tf.config.list_physical_devices('GPU') or kind == 'mirrored':
-    return tf.distribute.MirroredStrategy()
+    return _cached_strategy(('mirrored',), tf.distribute.MirroredStrategy)
   return tf.distribute.get_strategy()
+
+
+_STRATEGIES = {}
+
+
+def _cached_strategy(key, create):
+  """One strategy per device set and process.
+
+  Two MirroredStrategy instances in one process number their collective
+  all-reduces from the same start, and TensorFlow's collective executor then
+  mixes up the second run's reductions with the first's ("Shape mismatch in the
+  collective instance"): a second `train` in a notebook or test would fail.
+  """
+  if key not in _STRATEGIES:
+    _STRATEGIES[key] = create()
+  return _STRATEGIES[key]
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -502,7 +518,15 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
   manager = tf.train.CheckpointManager(ckpt, save_dir, max_to_keep=config.train.max_checkpoints)
   latest = tf.train.latest_checkpoint(checkpoint_dir(config))
   if latest:
-    ckpt.restore(latest).assert_existing_objects_matched()
+    try:
+      ckpt.restore(latest).assert_existing_objects_matched()
+    except AssertionError:
+      # The checkpoint's variables do not fit this model (another version of
+      # the code or of the model): say so in one line instead of listing them.
+      raise config_lib.ConfigError(
+          f'--workdir: the checkpoint {latest} does not match this model (written by '
+          f'another version or configuration); use a new --workdir or delete '
+          f'{checkpoint_dir(config)} to start fresh') from None
     logging.info('resumed from %s at step %d', latest, int(state.step.numpy()))
 
   def save(step):
