@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -24,3 +25,13 @@ def repo_root():
 def tf_seed():
   tf.random.set_seed(0)
   return 0
+
+
+@pytest.fixture
+def mixed_bfloat16():
+  """Layers built inside the test use the mixed_bfloat16 policy; float32 after."""
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy('float32')

@@ -123,15 +123,6 @@ def test_get_config_round_trip():
   assert clone.get_config() == config
 
 
-@pytest.fixture
-def mixed_bfloat16():
-  keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
-    yield
-  finally:
-    keras.mixed_precision.set_global_policy('float32')
-
-
 def test_mixed_precision_keeps_float32_statistics(mixed_bfloat16):
   rng = np.random.default_rng(5)
   x, labels = _random_inputs(rng)

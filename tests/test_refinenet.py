@@ -103,15 +103,6 @@ def test_gradients_reach_every_variable():
   assert len(grads) == len(model.weights)
 
 
-@pytest.fixture
-def mixed_bfloat16():
-  keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
-    yield
-  finally:
-    keras.mixed_precision.set_global_policy('float32')
-
-
 def test_mixed_bfloat16(mixed_bfloat16):
   x, labels = _inputs(32, 3)
   model = _tiny_model()
