@@ -106,7 +106,6 @@ def forward_flops(model, image_size: int, channels: int) -> float:
 
 
 def run_ours(case: Case, warmup: int, reps: int, steps_per_call: int) -> dict:
-  import numpy as np
   import tensorflow as tf
   from ncsn_tf import config as config_lib
   from ncsn_tf import models

@@ -36,6 +36,7 @@ from ncsn_tf import config as config_lib
 from ncsn_tf import data as data_lib
 from ncsn_tf import export as export_lib
 from ncsn_tf import plots
+from ncsn_tf import metrics_file
 from ncsn_tf import toy_eval
 from ncsn_tf import train_lib
 from ncsn_tf.metrics import image as image_metrics
@@ -427,9 +428,9 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
 
 def write_metrics(config: config_lib.Config, results: dict) -> dict:
   """Merges {step: metrics} into <workdir>/metrics.json (atomically); returns the payload."""
-  previous = train_lib.read_metrics_json(config.workdir).get('checkpoints', {})
+  previous = metrics_file.read_metrics(config.workdir).get('checkpoints', {})
   checkpoints = {**previous, **{str(step): m for step, m in results.items()}}
   latest = results[max(results)]
   payload = {**latest, 'checkpoints': dict(sorted(checkpoints.items(), key=lambda kv: int(kv[0])))}
-  toy_eval.write_json_atomic(os.path.join(config.workdir, 'metrics.json'), payload)
+  metrics_file.write_metrics(config.workdir, payload)
   return payload

@@ -35,7 +35,7 @@ from absl import logging
 from ncsn_tf import config as config_lib
 from ncsn_tf import losses
 from ncsn_tf import plots
-from ncsn_tf import toy_eval
+from ncsn_tf import metrics_file
 from ncsn_tf import train_lib
 from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
@@ -76,7 +76,7 @@ class Lab:
     os.makedirs(self.fig_dir, exist_ok=True)
     self._trained = {}
     self._samples = None
-    self.metrics = train_lib.read_metrics_json(config.workdir)
+    self.metrics = metrics_file.read_metrics(config.workdir)
     self.metrics.update({'dataset': self.dist.name,
                          'has_perturbed_score': self.dist.has_perturbed_score})
 
@@ -159,7 +159,7 @@ class Lab:
     plots.save_figure(fig, os.path.join(self.fig_dir, f'{name}.png'))
 
   def write_metrics(self):
-    toy_eval.write_json_atomic(os.path.join(self.config.workdir, 'metrics.json'), self.metrics)
+    metrics_file.write_metrics(self.config.workdir, self.metrics)
 
 
 # --- the experiments ------------------------------------------------------------

@@ -18,7 +18,6 @@ from absl import logging
 from ncsn_tf import config as config_lib
 from ncsn_tf import export as export_lib
 from ncsn_tf import plots
-from ncsn_tf import toy_eval
 from ncsn_tf import train_lib
 from ncsn_tf import data as data_lib
 from ncsn_tf.progress import Progress

@@ -16,19 +16,13 @@ import tensorflow as tf
 from absl import logging
 
 from ncsn_tf import config as config_lib
+from ncsn_tf import metrics_file
 from ncsn_tf import plots
 from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.sampling import langevin
 
 _NUM_EVAL_POINTS = 4096
-
-
-def write_json_atomic(path: str, payload: dict):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def run_samplers(config: config_lib.Config, dist: toy.ToyDistribution, score_model, sigmas):
@@ -137,7 +131,7 @@ def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 
     plots.save_figure(fig, os.path.join(fig_dir, f'{name}.png'))
   if writer is not None:
     writer.flush()
-  write_json_atomic(os.path.join(config.workdir, 'metrics.json'), metrics)
+  metrics_file.write_metrics(config.workdir, metrics)
   logging.info('toy metrics: %s', json.dumps({k: v for k, v in metrics.items()
                                                if k not in ('sigmas',)}))
   return metrics

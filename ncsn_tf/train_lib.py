@@ -483,12 +483,8 @@ def _train_dataset(config: config_lib.Config, strategy, step: int):
   skipped image).
   """
   consumed = step * _local_replicas(strategy)
-  if config.data.dataset == 'shapes':
-    make = data_lib.dataset_fn(config)
-    dataset_fn = lambda context: make(context).skip(consumed)  # noqa: E731
-  else:
-    dataset_fn = data_lib.dataset_fn(config, start_batch=consumed)
-  return strategy.distribute_datasets_from_function(dataset_fn)
+  return strategy.distribute_datasets_from_function(
+      data_lib.dataset_fn(config, start_batch=consumed))
 
 
 def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
@@ -601,14 +597,6 @@ def _raise_nonfinite(stats, sigmas, last_checkpoint):
   raise NonFiniteLossError(
       f'non-finite loss at step {int(stats["bad_step"])} in {where}; nothing was saved after it, '
       f'the latest checkpoint is {last_checkpoint or "none"}. Lower --learning_rate or check the data.')
-
-
-def read_metrics_json(workdir: str) -> dict:
-  path = os.path.join(workdir, 'metrics.json')
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
 
 
 # --- checkpoints for evaluation sweeps -----------------------------------------

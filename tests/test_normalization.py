@@ -7,7 +7,6 @@ biased spatial variance, unbiased variance of the channel means.
 
 import keras
 import numpy as np
-import pytest
 
 from ncsn_tf.models.normalization import EPSILON, ConditionalInstanceNormPlusPlus
 

@@ -19,7 +19,6 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import REPO_ROOT
-from ncsn_tf import config as config_lib
 from ncsn_tf import losses
 from ncsn_tf import train_lib
 from test_train_lib import tiny_config
@@ -131,7 +130,7 @@ def _kill_resume_and_compare(spec_straight, spec_split, kill_after_step, tmp_pat
     assert killed_at < spec_split['train']['train_steps'], 'finished before the kill'
     rc, _, err = _finish(_start(DRIVER, *split_args))
     assert rc == 0, err[-3000:]
-    assert f'resumed from' in err and f'at step {killed_at}' in err
+    assert 'resumed from' in err and f'at step {killed_at}' in err
     rc, _, err = _finish(straight)
     assert rc == 0, err[-3000:]
   finally:

@@ -24,8 +24,8 @@ def dataset_fn(config: config_lib.Config, *, split: str = 'train', shuffle: bool
   """A function InputContext -> tf.data.Dataset of per-replica batches.
 
   start_batch: batches each pipeline has already consumed (the global step
-    when resuming): toy streams continue exactly where they stopped; image
-    streams restart with a fresh shuffle seeded by it.
+    when resuming): toy and shapes streams continue exactly where they
+    stopped; tfds and folder streams restart with a fresh shuffle seeded by it.
   """
   data = config.data
   seed = config.seed + seed_offset
@@ -40,14 +40,17 @@ def dataset_fn(config: config_lib.Config, *, split: str = 'train', shuffle: bool
                              seed=split_seed, start_batch=start_batch,
                              input_context=input_context)
     from ncsn_tf.data import images
-    # Replaying an image stream to its position would decode every skipped
-    # batch; a resumed run instead draws a fresh shuffle (seed offset by the
-    # step), which is statistically the same stream.
-    return images.image_dataset(
+    # The in-memory shapes images replay cheaply to their exact position.
+    # Replaying a tfds or folder stream would decode every skipped batch, so a
+    # resumed run there draws a fresh shuffle (seed offset by the position),
+    # which is statistically the same stream.
+    replay = data.dataset == 'shapes'
+    dataset = images.image_dataset(
         data.dataset, split=split, image_size=data.image_size, batch_size=per_replica,
         data_dir=data.data_dir, data_path=data.data_path,
         random_flip=data.random_flip and split == 'train',
         logit_transform=data.logit_transform, shuffle=shuffle, repeat=repeat,
-        seed=seed + start_batch, input_context=input_context)
+        seed=seed if replay else seed + start_batch, input_context=input_context)
+    return dataset.skip(start_batch) if replay and start_batch else dataset
 
   return make

@@ -1,0 +1,30 @@
+"""<workdir>/metrics.json: the one place that reads and writes it.
+
+Writes go to a temporary file that is renamed into place, so a reader (or a
+killed run) never sees half a file.
+"""
+
+import json
+import os
+
+
+def metrics_path(workdir: str) -> str:
+  return os.path.join(workdir, 'metrics.json')
+
+
+def read_metrics(workdir: str) -> dict:
+  """The metrics written so far, or {} when there are none."""
+  path = metrics_path(workdir)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_metrics(workdir: str, payload: dict):
+  """Replaces <workdir>/metrics.json with `payload`, atomically."""
+  path = metrics_path(workdir)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
