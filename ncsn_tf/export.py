@@ -24,18 +24,20 @@ from absl import logging
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import data as data_lib
+from ncsn_tf.data import toy
 from ncsn_tf.sampling import inpainting
 from ncsn_tf.sampling import langevin
 
 _TMP_PREFIX = '.tmp-'
 
 
-def initial_state(shape, num: tf.Tensor, seed: tf.Tensor, data: config_lib.DataConfig,
-                  plot_radius: float = 8.0) -> tf.Tensor:
-  """The sampler's starting points: uniform on [-r, r]^2 for toys, U[0, 1] for images."""
+def initial_state(shape, num: tf.Tensor, seed: tf.Tensor, data: config_lib.DataConfig) -> tf.Tensor:
+  """The sampler's starting points: U[0, 1] for images; for toys uniform on
+  [-r, r]^2 with r the toy's plot radius (the box that holds its mass)."""
   full_shape = tf.concat([[num], tf.constant(shape, tf.int32)], 0)
   if data.is_toy:
-    return tf.random.stateless_uniform(full_shape, seed, -plot_radius, plot_radius)
+    radius = toy.get_toy(data.dataset).plot_radius
+    return tf.random.stateless_uniform(full_shape, seed, -radius, radius)
   return tf.random.stateless_uniform(full_shape, seed, 0.0, 1.0)
 
 

@@ -33,10 +33,6 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
   """
   shape = data_lib.data_shape(config.data)
   s = config.sampling
-  radius = 8.0
-  if config.data.is_toy:
-    from ncsn_tf.data import toy
-    radius = toy.get_toy(config.data.dataset).plot_radius
   outputs, trajectories = [], []
   progress = Progress('sample', num) if show_progress else None
   done = 0
@@ -44,7 +40,7 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
   for batch_index, start in enumerate(range(0, num, s.sample_batch_size)):
     size = min(s.sample_batch_size, num - start)
     batch_seed = tf.constant([seed, batch_index], tf.int32)
-    x_init = export_lib.initial_state(shape, tf.constant(size), batch_seed, config.data, radius)
+    x_init = export_lib.initial_state(shape, tf.constant(size), batch_seed, config.data)
     samples, trajectory = langevin.annealed_langevin_dynamics(
         lambda x, i: score_model(x, i), x_init, sigmas_t, n_steps_each=s.n_steps_each,
         step_lr=s.step_lr, seed=tf.constant([seed, 1000 + batch_index]),
