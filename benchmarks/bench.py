@@ -48,9 +48,9 @@ PUBLISHED_REFERENCE = {
     ('mnist', 'langevin', 8): 0.19, ('mnist', 'langevin', 64): 1.46,
 }
 FULL_CASES = [('cifar10', 'train', 8), ('cifar10', 'train', 16), ('cifar10', 'train', 32),
-              ('cifar10', 'langevin', 8), ('cifar10', 'langevin', 64),
+              ('cifar10', 'langevin', 8), ('cifar10', 'langevin', 32), ('cifar10', 'langevin', 64),
               ('mnist', 'train', 8), ('mnist', 'train', 32),
-              ('mnist', 'langevin', 8), ('mnist', 'langevin', 64)]
+              ('mnist', 'langevin', 8), ('mnist', 'langevin', 32), ('mnist', 'langevin', 64)]
 QUICK_CASES = [('cifar10', 'train', 8), ('cifar10', 'langevin', 8),
                ('mnist', 'train', 32), ('mnist', 'langevin', 64)]
 # Extra XLA variants (--jit_compile) measured in the full run.
@@ -237,6 +237,23 @@ def _fmt_ratio(ours, ref):
   return '-'
 
 
+def _config_key(case: dict) -> tuple:
+  return case['model'], case['mode'], case['batch']
+
+
+def rows_from_records(records, default_precision):
+  """Groups records by configuration, in FULL_CASES order, for `make_table`."""
+  order = {key: k for k, key in enumerate(FULL_CASES)}
+  grouped = {}
+  for record in records:
+    case = Case(**record['case'])
+    name = case.variant + (f' {DEFAULT_MARK}' if case.impl == 'ours' and not case.jit_compile
+                           and case.precision == default_precision else '')
+    grouped.setdefault(_config_key(record['case']), {})[name] = record
+  keys = sorted(grouped, key=lambda key: (order.get(key, len(order)), key))
+  return [(*key, grouped[key]) for key in keys]
+
+
 def make_table(rows, flops_per_image, ref_note) -> str:
   """rows: list of (model, mode, batch, {variant: result})."""
   lines = [
@@ -283,6 +300,9 @@ def main(argv=None):
   parser.add_argument('--reference_src', default=os.environ.get('NCSN_REFERENCE_SRC', ''))
   parser.add_argument('--out_dir', default=os.path.join(HERE, 'results'))
   parser.add_argument('--timeout', type=int, default=1800, help='seconds per subprocess')
+  parser.add_argument('--update', action='store_true',
+                      help='re-measure only these configurations and merge them into the '
+                           'bench.json already in --out_dir (every other row is kept)')
   parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
@@ -302,7 +322,7 @@ def main(argv=None):
   precisions = args.precisions.split(',')
 
   started = datetime.datetime.now().isoformat(timespec='seconds')
-  rows, records, flops_per_image = [], [], {}
+  records, flops_per_image = [], {}
   for model, mode, batch in cases:
     variants = []
     if not ref_note:
@@ -310,12 +330,9 @@ def main(argv=None):
     variants += [Case(model, mode, batch, 'ours', p) for p in precisions]
     if (model, mode, batch) in jit_cases:
       variants += [Case(model, mode, batch, 'ours', p, jit_compile=True) for p in precisions]
-    results = {}
     for case in variants:
       result = measure(case, args)
-      name = case.variant + (f' {DEFAULT_MARK}' if case.impl == 'ours' and not case.jit_compile
-                             and case.precision == default_precision else '')
-      results[name] = result
+      result['measured_at'] = datetime.datetime.now().isoformat(timespec='seconds')
       records.append({'case': dataclasses.asdict(case), **result})
       if 'forward_flops' in result:
         flops_per_image[model] = result['forward_flops']
@@ -323,9 +340,16 @@ def main(argv=None):
       print(f'{model:8s} {mode:8s} b={batch:<3d} {case.variant:28s} '
             f'{_fmt_s(result):>8s} s/step  rss {result.get("peak_rss_gib", 0):.2f} GiB  '
             f'load {result["load_avg_1min_before"]} {status}', flush=True)
-    rows.append((model, mode, batch, results))
 
-  table = make_table(rows, flops_per_image, ref_note or '')
+  if args.update:
+    # Keep the earlier run's records of every configuration not measured now.
+    with open(os.path.join(args.out_dir, 'bench.json')) as f:
+      earlier = json.load(f)
+    measured = {_config_key(r['case']) for r in records}
+    records = [r for r in earlier['records'] if _config_key(r['case']) not in measured] + records
+    flops_per_image = {**earlier.get('forward_flops_per_image', {}), **flops_per_image}
+    started = f'{earlier["started"]} (configurations {", ".join(":".join(map(str, k)) for k in sorted(measured))} re-measured {started})'
+  table = make_table(rows_from_records(records, default_precision), flops_per_image, ref_note or '')
   info = machine_info()
   header = (f'Measured {started} on {info.get("cpu", "?")} ({info.get("cpus")} CPUs, '
             f'{info.get("mem_gib", "?")} GiB, ISA {" ".join(info.get("isa", []))}); '

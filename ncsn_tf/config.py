@@ -52,7 +52,7 @@ class ModelConfig:
   num_scales: int = 10              # --num_scales (L)
   ngf: int = 128                    # --ngf: RefineNet width, or MLP hidden units
   num_layers: int = 3               # --num_layers: MLP hidden layers
-  scale_by_sigma: bool = True       # --scale_by_sigma: MLP output divided by σ_i
+  scale_by_sigma: bool = True       # --scale_by_sigma: score output divided by σ_i
 
 
 @dataclasses.dataclass(frozen=True)

@@ -308,7 +308,7 @@ class ImageEvaluator:
     config = self.config
     mean, per_sigma = self.heldout()
     metrics = {'step': step, 'dataset': config.data.dataset, 'heldout_loss': float(mean),
-               'heldout_loss_per_sigma': [float(v) for v in per_sigma],
+               'heldout_loss_per_sigma': metrics_file.json_floats(per_sigma),
                'sigmas': [float(v) for v in self.sigmas]}
     grid = None
     if self.extractor is not None:
@@ -406,7 +406,8 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
     def evaluate(step):
       metrics = toy_eval.evaluate_toy(config, model, state.sigmas, step=step, writer=writer)
       mean, per_sigma = heldout()
-      metrics.update(heldout_loss=float(mean), heldout_loss_per_sigma=[float(v) for v in per_sigma])
+      metrics.update(heldout_loss=float(mean),
+                     heldout_loss_per_sigma=metrics_file.json_floats(per_sigma))
       with writer.as_default(step=step):
         tf.summary.scalar('eval/heldout_loss', mean)
       writer.flush()

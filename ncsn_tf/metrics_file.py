@@ -5,6 +5,7 @@ killed run) never sees half a file.
 """
 
 import json
+import math
 import os
 
 
@@ -19,6 +20,11 @@ def read_metrics(workdir: str) -> dict:
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def json_floats(values) -> list:
+  """Floats for JSON: NaN and ±inf (e.g. a σ level with no held-out example) become null."""
+  return [float(v) if math.isfinite(float(v)) else None for v in values]
 
 
 def write_metrics(workdir: str, payload: dict):

@@ -359,6 +359,7 @@ def _apply_if_all_finite(ctx, optimizer, grads, variables, local_bad):
 def make_heldout_eval(config: config_lib.Config, state: TrainState):
   """A function () -> (mean loss, per-σ mean [L]) of the EMA model on held-out data.
 
+  A level that no held-out example landed on is NaN in the per-σ mean.
   The same `heldout_batches` batches and the same noise every call, so the
   curve over snapshots shows the model, not sampling noise. None when
   `heldout_batches` is 0.
@@ -385,7 +386,10 @@ def make_heldout_eval(config: config_lib.Config, state: TrainState):
       s, c = batch_terms(x, tf.constant(k))
       sums += s.numpy()
       counts += c.numpy()
-    return sums.sum() / max(counts.sum(), 1.0), np.divide(sums, np.maximum(counts, 1.0))
+    # A level that no held-out example landed on has no estimate: NaN, not 0
+    # (with L = 100 levels and 64 held-out examples most levels are empty).
+    per_sigma = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
+    return sums.sum() / max(counts.sum(), 1.0), per_sigma
 
   return evaluate
 
@@ -395,7 +399,8 @@ def _write_heldout(writer, step, heldout, sigmas):
   with writer.as_default(step=step):
     tf.summary.scalar('eval/heldout_loss', mean)
     for i, value in enumerate(per_sigma):
-      tf.summary.scalar(f'eval/heldout_loss_per_sigma/level_{i:02d}_sigma_{sigmas[i]:.3g}', value)
+      if np.isfinite(value):  # Levels without held-out examples have no value.
+        tf.summary.scalar(f'eval/heldout_loss_per_sigma/level_{i:02d}_sigma_{sigmas[i]:.3g}', value)
 
 
 # --- the loop ------------------------------------------------------------------

@@ -79,3 +79,30 @@ def test_denoise_applies_tweedie_at_the_last_level():
   denoised = langevin.annealed_langevin_dynamics(score, x0, ladder, n_steps_each=1,
                                                  step_lr=1e-12, seed=[0, 0], denoise=True)
   np.testing.assert_allclose(denoised, plain / 1.25, rtol=1e-5)
+
+
+def test_langevin_update_is_x_plus_eps_score_plus_scaled_noise():
+  rng = np.random.default_rng(0)
+  x, s, z = (rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3))
+  eps = 2e-5 * 100.0
+  np.testing.assert_allclose(langevin.langevin_update(x, s, eps, z).numpy(),
+                             x + eps * s + np.sqrt(2 * eps) * z, rtol=1e-5, atol=1e-6)
+
+
+def test_the_paper_model_can_be_sampled_twice_at_batch_32():
+  """Regression: the sampler's second call failed with AlreadyExistsError.
+
+  With the CIFAR-10 model at batch >= 32, grappler turned the three-term update
+  x + ε s + sqrt(2ε) z into a TemporaryVariable accumulation whose name repeated
+  across calls (see `langevin.langevin_update`). Smaller models or batches do
+  not trigger the rewrite, hence the full-size network here.
+  """
+  from ncsn_tf.models.refinenet import CondRefineNetDilated
+  model = CondRefineNetDilated(128, 10, 32, 3).build_for()
+  score_fn = lambda x, i: model(x, i)  # One callable: one trace for both calls.
+  x = tf.random.stateless_uniform([32, 32, 32, 3], [0, 1])
+  sigmas = sigmas_lib.geometric_sigmas(1.0, 0.01, 10)[:1]
+  for call in range(2):
+    out = langevin.annealed_langevin_dynamics(score_fn, x, sigmas, n_steps_each=1, step_lr=2e-5,
+                                              seed=[0, call])
+    assert np.all(np.isfinite(out.numpy()))

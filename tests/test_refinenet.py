@@ -69,6 +69,26 @@ def test_logit_transform_skips_rescaling():
                              atol=1e-5)
 
 
+def test_output_sigmas_divide_the_score_by_the_level_sigma():
+  """NCSNv2 technique 3: s(x, i) = f(x, i) / σ_i with f the unscaled network."""
+  x, _ = _inputs(32, 3, batch=3)
+  labels = np.array([0, 4, 9], np.int32)
+  ladder = np.geomspace(50.0, 0.01, NUM_CLASSES)
+  raw = _tiny_model().build_for()
+  scaled = _tiny_model(output_sigmas=ladder.tolist()).build_for()
+  assert scaled.count_params() == raw.count_params()
+  scaled.set_weights(raw.get_weights())
+  expected = keras.ops.convert_to_numpy(raw(x, labels)) / ladder[labels][:, None, None, None]
+  np.testing.assert_allclose(keras.ops.convert_to_numpy(scaled(x, labels)), expected,
+                             rtol=1e-5)
+  assert scaled.get_config()['output_sigmas'] == pytest.approx(ladder.tolist())
+
+
+def test_output_sigmas_must_match_the_levels():
+  with pytest.raises(ValueError, match='num_classes=10'):
+    _tiny_model(output_sigmas=[1.0, 0.1])
+
+
 def test_get_config_round_trip():
   model = _tiny_model(28, 1, logit_transform=True)
   config = model.get_config()

@@ -70,6 +70,18 @@ def test_tensorboard_events_hold_loss_per_sigma_lr_and_speed(tmp_path):
   assert float(tf.make_ndarray(acc.Tensors('learning_rate')[0].tensor_proto)) == pytest.approx(1e-3)
 
 
+def test_heldout_levels_without_examples_are_nan_not_zero(tmp_path):
+  """32 held-out examples over 100 levels: most levels get none and have no mean."""
+  config = tiny_config(tmp_path, heldout_batches=1).replace(model={'num_scales': 100})
+  state = train_lib.create_state(config, train_lib.make_strategy())
+  mean, per_sigma = train_lib.make_heldout_eval(config, state)()
+  assert per_sigma.shape == (100,) and np.isfinite(mean) and mean > 0
+  seen = np.isfinite(per_sigma)
+  assert 0 < seen.sum() <= 32 and np.all(per_sigma[seen] > 0)
+  # The overall mean weighs examples, so it lies within the per-level means.
+  assert per_sigma[seen].min() <= mean <= per_sigma[seen].max()
+
+
 def test_config_json_is_written(tmp_path):
   config = tiny_config(tmp_path, train_steps=0)
   train_lib.train(config)

@@ -456,6 +456,11 @@ class CondRefineNetDilated(keras.Model):
     channels: image channels C.
     logit_transform: inputs are already in logit space; otherwise x in [0, 1]
       is mapped to 2x - 1 in [-1, 1] first.
+    output_sigmas: None (the paper's model), or the ladder σ_1 > ... > σ_L as
+      `num_classes` floats: the output is then divided by σ_i (NCSNv2, Song &
+      Ermon 2020, technique 3). ‖∇ log p_σ‖ grows like 1/σ, so the network
+      itself only has to produce a unit-scale field at every level, which a
+      short training run learns far sooner. Adds no parameters.
 
   Call:
     x: float32 [N, image_size, image_size, channels], in [0, 1] (or logits).
@@ -467,8 +472,11 @@ class CondRefineNetDilated(keras.Model):
   """
 
   def __init__(self, ngf: int, num_classes: int, image_size: int, channels: int,
-               logit_transform: bool = False, **kwargs):
+               logit_transform: bool = False, output_sigmas=None, **kwargs):
     super().__init__(**kwargs)
+    if output_sigmas is not None and len(output_sigmas) != num_classes:
+      raise ValueError(f'output_sigmas has {len(output_sigmas)} values; the model has '
+                       f'num_classes={num_classes} noise levels')
     if image_size % 2:
       # res2 halves the map with a 2x2 mean pool; the skip at full size must
       # be exactly twice the pooled one for the fusion to line up.
@@ -478,6 +486,7 @@ class CondRefineNetDilated(keras.Model):
     self.image_size = int(image_size)
     self.channels = int(channels)
     self.logit_transform = bool(logit_transform)
+    self.output_sigmas = None if output_sigmas is None else [float(v) for v in output_sigmas]
     self._build_sublayers()
 
   def _build_sublayers(self):
@@ -532,8 +541,11 @@ class CondRefineNetDilated(keras.Model):
     ref3 = self.refine3([layer2, ref2], sigma_index)
     h = self.refine4([layer1, ref3], sigma_index)
 
-    h = self.end_conv(_elu(self.normalizer(h, sigma_index)))
-    return ops.cast(h, 'float32')
+    h = ops.cast(self.end_conv(_elu(self.normalizer(h, sigma_index))), 'float32')
+    if self.output_sigmas is not None:
+      sigma = ops.take(ops.convert_to_tensor(self.output_sigmas, 'float32'), sigma_index)
+      h = h / sigma[:, None, None, None]
+    return h
 
   def build_for(self, batch_size: int = 1):
     """Creates all variables without running the network; returns self.
@@ -547,4 +559,4 @@ class CondRefineNetDilated(keras.Model):
   def get_config(self):
     return {**super().get_config(), 'ngf': self.ngf, 'num_classes': self.num_classes,
             'image_size': self.image_size, 'channels': self.channels,
-            'logit_transform': self.logit_transform}
+            'logit_transform': self.logit_transform, 'output_sigmas': self.output_sigmas}

@@ -9,7 +9,7 @@ end at the original values up to σ_L noise. Masks are 1 where pixels are known.
 import numpy as np
 import tensorflow as tf
 
-from ncsn_tf.sampling.langevin import langevin_step_size
+from ncsn_tf.sampling.langevin import langevin_step_size, langevin_update
 
 MASK_KINDS = ('right', 'left', 'top', 'bottom', 'center', 'random')
 
@@ -86,7 +86,7 @@ def annealed_langevin_inpainting(score_fn, images, mask, sigmas, *, n_steps_each
     eps = step_sizes[level]
     z = tf.random.stateless_normal(tf.shape(x), tf.random.experimental.stateless_fold_in(
         chain_seed, 2 * t + 1))
-    x = x + eps * tf.cast(score_fn(x, tf.fill([batch], level)), tf.float32) + tf.sqrt(2.0 * eps) * z
+    x = langevin_update(x, tf.cast(score_fn(x, tf.fill([batch], level)), tf.float32), eps, z)
     return t + 1, x
 
   total = num_scales * n_steps_each

@@ -23,6 +23,19 @@ def _step_noise(seed, t, shape):
   return tf.random.stateless_normal(shape, tf.random.experimental.stateless_fold_in(seed, t))
 
 
+def langevin_update(x, score, step_size, z):
+  """One Langevin move x + ε s + sqrt(2ε) z, all float32 of x's shape (ε scalar > 0).
+
+  Written as x + ε (s + sqrt(2/ε) z) on purpose: the three-term sum inside a
+  `tf.while_loop` is merged by grappler's AddOpsRewrite into an AddN that, for
+  large batches (CIFAR-10 at batch >= 32), is lowered to a TemporaryVariable
+  whose name repeats across calls, and the second call of the compiled sampler
+  fails with AlreadyExistsError (tensorflow/tensorflow#37740). Keeping a Mul
+  between the two Adds leaves nothing to merge.
+  """
+  return x + step_size * (score + tf.sqrt(2.0 / step_size) * z)
+
+
 def langevin_step_size(step_lr, sigmas):
   """ε_i = step_lr · (σ_i/σ_L)² for every level: float32 [L]."""
   sigmas = tf.cast(sigmas, tf.float32)
@@ -49,7 +62,7 @@ def langevin_dynamics(score_fn, x_init, *, step_size, n_steps, seed):
 
   def body(t, x):
     z = _step_noise(seed, t, tf.shape(x))
-    return t + 1, x + step_size * score_fn(x) + tf.sqrt(2.0 * step_size) * z
+    return t + 1, langevin_update(x, score_fn(x), step_size, z)
 
   _, x = tf.while_loop(lambda t, x: t < n_steps, body, (tf.constant(0), x_init))
   return x
@@ -92,7 +105,7 @@ def annealed_langevin_dynamics(score_fn, x_init, sigmas, *, n_steps_each, step_l
     sigma_index = tf.fill([batch], level)
     eps = step_sizes[level]
     z = _step_noise(seed, t, tf.shape(x))
-    x = x + eps * tf.cast(score_fn(x, sigma_index), tf.float32) + tf.sqrt(2.0 * eps) * z
+    x = langevin_update(x, tf.cast(score_fn(x, sigma_index), tf.float32), eps, z)
     if num_snapshots:
       slot = (t + 1) // snapshot_every - 1
       take = tf.logical_and((t + 1) % snapshot_every == 0, slot < num_snapshots)

@@ -17,6 +17,8 @@ stateless noise: a run is a pure function of (x_init, seed).
 
 import tensorflow as tf
 
+from ncsn_tf.sampling.langevin import langevin_update
+
 
 def _log_proposal(x_to, x_from, score_from, step_size):
   """log q(x_to | x_from) up to the constant shared by both directions: [N]."""
@@ -60,8 +62,8 @@ def mala(log_prob_fn, x_init, *, step_size, n_steps, seed, num_snapshots=0):
   def body(t, x, log_prob, score, accepted, trajectory):
     noise_seed, uniform_seed = tf.unstack(tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, t), 2))
-    proposal = (x + step_size * score
-                + tf.sqrt(2.0 * step_size) * tf.random.stateless_normal(tf.shape(x), noise_seed))
+    proposal = langevin_update(x, score, step_size,
+                               tf.random.stateless_normal(tf.shape(x), noise_seed))
     proposal_log_prob, proposal_score = _log_prob_and_score(log_prob_fn, proposal)
     log_ratio = (proposal_log_prob + _log_proposal(x, proposal, proposal_score, step_size)
                  - log_prob - _log_proposal(proposal, x, score, step_size))
