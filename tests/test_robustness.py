@@ -150,7 +150,7 @@ def test_kill9_then_rerun_resumes_and_equals_an_uninterrupted_run_toy(tmp_path):
                            tmp_path)
 
 
-@pytest.mark.slow  # Three RefineNet traces: minutes on a loaded 2-core CPU.
+# Three RefineNet traces: about a minute on an idle 2-core CPU.
 def test_kill9_then_rerun_resumes_and_equals_an_uninterrupted_run_shapes(tmp_path):
   _kill_resume_and_compare(_spec(SHAPES, tmp_path, 'straight'), _spec(SHAPES, tmp_path, 'split'),
                            4, tmp_path)
