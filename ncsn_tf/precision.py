@@ -20,12 +20,12 @@ def _has_gpu() -> bool:
 def resolve(precision: str, model_name: str) -> str:
   """A concrete policy name for `precision` ('auto' or a Keras policy name).
 
-  auto, chosen by measurement (benchmarks/bench.py, docs/performance.md):
+  auto, chosen by measurement (benchmarks/bench.py; table in benchmarks/RESULTS.md):
   * the toy MLP: float32. Its steps are op-overhead bound (2-D inputs, 128
     units); casts to and from bfloat16 only add ops.
   * RefineNet on CPU: mixed_bfloat16. On a 2-core AVX512-BF16 CPU (oneDNN's
-    brgconv bf16 kernels) the CIFAR-10 train step ran 2.4-3.4x and the score
-    evaluation ~1.8x faster than float32; XLA (--jit_compile) was not faster.
+    brgconv bf16 kernels) the CIFAR-10 train step ran 1.6-1.8x and the Langevin
+    step 1.7-1.8x faster than float32 (b=8 to 64); XLA (--jit_compile) was slower.
   * RefineNet on GPU: mixed_float16 (tensor cores; not measured here, no GPU).
   """
   if precision != 'auto':
