@@ -53,6 +53,7 @@ class ModelConfig:
   ngf: int = 128                    # --ngf: RefineNet width, or MLP hidden units
   num_layers: int = 3               # --num_layers: MLP hidden layers
   scale_by_sigma: bool = True       # --scale_by_sigma: score output divided by σ_i
+  conditional_norm: bool = True     # --conditional_norm: per-level CIN++ rows (RefineNet)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +241,12 @@ def _validate_model(model: ModelConfig, data: DataConfig):
              f'must be > --sigma_end ({model.sigma_end}), got {model.sigma_begin}')
   _require(model.ngf >= 1, 'ngf', f'must be >= 1, got {model.ngf}')
   _require(model.num_layers >= 1, 'num_layers', f'must be >= 1, got {model.num_layers}')
+  if not model.conditional_norm:
+    _require(model.name == 'refinenet', 'conditional_norm',
+             f'false applies to --model=refinenet only, got {model.name!r}')
+    _require(model.scale_by_sigma, 'conditional_norm',
+             'false needs --scale_by_sigma: with shared normalizers only the 1/σ_i '
+             'output tells the noise levels apart')
 
 
 def _validate_train(train: TrainConfig):

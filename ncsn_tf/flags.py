@@ -46,6 +46,10 @@ flags.DEFINE_integer('ngf', _M.ngf, 'RefineNet width (filters), or MLP hidden un
 flags.DEFINE_integer('num_layers', _M.num_layers, 'MLP hidden layers.')
 flags.DEFINE_bool('scale_by_sigma', _M.scale_by_sigma,
                   "Score output divided by σ_i (NCSNv2 technique 3); false in the paper's image flagfiles.")
+flags.DEFINE_bool('conditional_norm', _M.conditional_norm,
+                  'RefineNet normalizers: one CIN++ row per noise level (the paper), or false: '
+                  'one shared InstanceNorm++ row, the level entering only through '
+                  '--scale_by_sigma (NCSNv2).')
 
 # --- training --------------------------------------------------------------
 flags.DEFINE_string('loss', _T.loss, f'One of {", ".join(config_lib.LOSSES)}.')
@@ -141,7 +145,7 @@ def build_config(argv) -> config_lib.Config:
       model=config_lib.ModelConfig(
           name=FLAGS.model, sigma_begin=FLAGS.sigma_begin, sigma_end=FLAGS.sigma_end,
           num_scales=FLAGS.num_scales, ngf=FLAGS.ngf, num_layers=FLAGS.num_layers,
-          scale_by_sigma=FLAGS.scale_by_sigma),
+          scale_by_sigma=FLAGS.scale_by_sigma, conditional_norm=FLAGS.conditional_norm),
       train=config_lib.TrainConfig(
           loss=FLAGS.loss, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
           beta1=FLAGS.beta1, train_steps=FLAGS.train_steps, snapshot_freq=FLAGS.snapshot_freq,

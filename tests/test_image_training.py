@@ -40,10 +40,12 @@ def test_paper_flagfiles_train_under_tfds_mock_data(tmp_path, name, shape, repli
                                 f'--num_cpu_replicas={replicas}')
   assert config.model.name == 'refinenet' and config.model.num_scales == 10
   assert config.sampling.step_lr == 2e-5 and config.train.batch_size == 4
-  assert not config.model.scale_by_sigma  # The paper's network: no 1/σ output scaling.
+  # The paper's network: per-level CIN++, no 1/σ output scaling.
+  assert config.model.conditional_norm and not config.model.scale_by_sigma
   with tfds.testing.mock_data(num_examples=16):
     state = train_lib.train(config)
   assert int(state.step.numpy()) == 2 and state.model.output_sigmas is None
+  assert state.model.conditional_norm
   assert os.path.exists(tmp_path / 'run' / 'checkpoints' / 'ckpt-2.index')
   x = np.random.default_rng(0).random((2,) + shape).astype(np.float32)
   assert state.ema_model(x, np.array([0, 9], np.int32)).shape == (2,) + shape

@@ -84,6 +84,33 @@ def test_output_sigmas_divide_the_score_by_the_level_sigma():
   assert scaled.get_config()['output_sigmas'] == pytest.approx(ladder.tolist())
 
 
+def test_shared_norm_network_is_one_unconditional_field_divided_by_sigma():
+  """conditional_norm=False (NCSNv2): s(x, i) = f(x) / σ_i for every level i.
+
+  The independent reference is the paper's network with a single level (one
+  CIN++ row, no output scaling): with the same weights it is f(x) itself.
+  """
+  x, _ = _inputs(32, 3, batch=3)
+  ladder = np.geomspace(50.0, 0.01, NUM_CLASSES)
+  shared = _tiny_model(output_sigmas=ladder.tolist(), conditional_norm=False).build_for()
+  one_level = CondRefineNetDilated(TINY_NGF, 1, 32, 3).build_for()
+  assert shared.count_params() == one_level.count_params()
+  assert shared.count_params() < _tiny_model().build_for().count_params()
+  one_level.set_weights(shared.get_weights())
+  field = keras.ops.convert_to_numpy(one_level(x, np.zeros(3, np.int32)))
+  for level in (0, 3, NUM_CLASSES - 1):
+    labels = np.full(3, level, np.int32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(shared(x, labels)) * ladder[level],
+                               field, rtol=1e-5, atol=1e-6)
+  clone = CondRefineNetDilated.from_config(shared.get_config()).build_for()
+  assert not clone.conditional_norm and clone.count_params() == shared.count_params()
+
+
+def test_shared_norm_needs_output_sigmas():
+  with pytest.raises(ValueError, match='needs output_sigmas'):
+    _tiny_model(conditional_norm=False)
+
+
 def test_output_sigmas_must_match_the_levels():
   with pytest.raises(ValueError, match='num_classes=10'):
     _tiny_model(output_sigmas=[1.0, 0.1])

@@ -26,6 +26,7 @@ def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
     model = CondRefineNetDilated(ngf=m.ngf, num_classes=m.num_scales, image_size=height,
                                  channels=channels, logit_transform=config.data.logit_transform,
                                  output_sigmas=sigmas.tolist() if m.scale_by_sigma else None,
+                                 conditional_norm=m.conditional_norm,
                                  name='cond_refinenet_dilated')
     import numpy as np
     model(np.zeros((1,) + tuple(data_shape), np.float32), np.zeros((1,), np.int32))

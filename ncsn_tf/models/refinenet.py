@@ -461,6 +461,13 @@ class CondRefineNetDilated(keras.Model):
       Ermon 2020, technique 3). ‖∇ log p_σ‖ grows like 1/σ, so the network
       itself only has to produce a unit-scale field at every level, which a
       short training run learns far sooner. Adds no parameters.
+    conditional_norm: True (the paper): every normalizer is CIN++ with one
+      (γ, α, β) row per level. False: every normalizer has a single row shared
+      by all levels (InstanceNorm++), so the network f(x) is unconditional and
+      the level enters only through the 1/σ_i output, NCSNv2's form of
+      technique 3. It needs `output_sigmas`. With many levels (NCSNv2 uses
+      hundreds) a per-level row sees only 1/L of the training examples; a
+      shared one sees them all.
 
   Call:
     x: float32 [N, image_size, image_size, channels], in [0, 1] (or logits).
@@ -472,11 +479,15 @@ class CondRefineNetDilated(keras.Model):
   """
 
   def __init__(self, ngf: int, num_classes: int, image_size: int, channels: int,
-               logit_transform: bool = False, output_sigmas=None, **kwargs):
+               logit_transform: bool = False, output_sigmas=None,
+               conditional_norm: bool = True, **kwargs):
     super().__init__(**kwargs)
     if output_sigmas is not None and len(output_sigmas) != num_classes:
       raise ValueError(f'output_sigmas has {len(output_sigmas)} values; the model has '
                        f'num_classes={num_classes} noise levels')
+    if not conditional_norm and output_sigmas is None:
+      raise ValueError('conditional_norm=False needs output_sigmas: with shared '
+                       'normalizers only the 1/σ_i output tells the levels apart')
     if image_size % 2:
       # res2 halves the map with a 2x2 mean pool; the skip at full size must
       # be exactly twice the pooled one for the fusion to line up.
@@ -487,10 +498,13 @@ class CondRefineNetDilated(keras.Model):
     self.channels = int(channels)
     self.logit_transform = bool(logit_transform)
     self.output_sigmas = None if output_sigmas is None else [float(v) for v in output_sigmas]
+    self.conditional_norm = bool(conditional_norm)
     self._build_sublayers()
 
   def _build_sublayers(self):
-    ngf, wide, classes = self.ngf, 2 * self.ngf, self.num_classes
+    # `classes` is the number of normalizer rows: one per level, or one shared.
+    classes = self.num_classes if self.conditional_norm else 1
+    ngf, wide = self.ngf, 2 * self.ngf
     self.begin_conv = conv2d(ngf, 3, name='begin_conv')
     self.res1 = [ConditionalResidualBlock(ngf, ngf, classes, name=f'res1_{i}') for i in range(2)]
     self.res2 = _residual_stage(ngf, wide, classes, 'res2')
@@ -530,18 +544,20 @@ class CondRefineNetDilated(keras.Model):
     del training  # No dropout or batch statistics: train and test are the same.
     if not self.logit_transform:
       x = 2.0 * x - 1.0
+    # The row every normalizer reads: the level's own, or the single shared one.
+    row = sigma_index if self.conditional_norm else ops.zeros_like(sigma_index)
     h = self.begin_conv(x)
-    layer1 = self._run_stage(self.res1, h, sigma_index)
-    layer2 = self._run_stage(self.res2, layer1, sigma_index)
-    layer3 = self._run_stage(self.res3, layer2, sigma_index)
-    layer4 = self._run_stage(self.res4, layer3, sigma_index)
+    layer1 = self._run_stage(self.res1, h, row)
+    layer2 = self._run_stage(self.res2, layer1, row)
+    layer3 = self._run_stage(self.res3, layer2, row)
+    layer4 = self._run_stage(self.res4, layer3, row)
 
-    ref1 = self.refine1([layer4], sigma_index)
-    ref2 = self.refine2([layer3, ref1], sigma_index)
-    ref3 = self.refine3([layer2, ref2], sigma_index)
-    h = self.refine4([layer1, ref3], sigma_index)
+    ref1 = self.refine1([layer4], row)
+    ref2 = self.refine2([layer3, ref1], row)
+    ref3 = self.refine3([layer2, ref2], row)
+    h = self.refine4([layer1, ref3], row)
 
-    h = ops.cast(self.end_conv(_elu(self.normalizer(h, sigma_index))), 'float32')
+    h = ops.cast(self.end_conv(_elu(self.normalizer(h, row))), 'float32')
     if self.output_sigmas is not None:
       sigma = ops.take(ops.convert_to_tensor(self.output_sigmas, 'float32'), sigma_index)
       h = h / sigma[:, None, None, None]
@@ -559,4 +575,5 @@ class CondRefineNetDilated(keras.Model):
   def get_config(self):
     return {**super().get_config(), 'ngf': self.ngf, 'num_classes': self.num_classes,
             'image_size': self.image_size, 'channels': self.channels,
-            'logit_transform': self.logit_transform, 'output_sigmas': self.output_sigmas}
+            'logit_transform': self.logit_transform, 'output_sigmas': self.output_sigmas,
+            'conditional_norm': self.conditional_norm}
