@@ -24,6 +24,8 @@ PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 #: --strategy values: auto (GPUs or --num_cpu_replicas, else one device),
 #: mirrored (MirroredStrategy on this machine), multi_worker (TF_CONFIG).
 STRATEGIES = ('auto', 'mirrored', 'multi_worker')
+#: --lr_schedule values (ncsn_tf/lr_schedule.py).
+LR_SCHEDULES = ('constant', 'cosine')
 
 
 class ConfigError(ValueError):
@@ -62,6 +64,8 @@ class TrainConfig:
   batch_size: int = 128             # --batch_size (global, over all replicas)
   learning_rate: float = 1e-3       # --learning_rate (Adam)
   beta1: float = 0.9                # --beta1 (Adam)
+  lr_schedule: str = 'constant'     # --lr_schedule: constant | cosine (to 0 at --train_steps)
+  warmup_steps: int = 0             # --warmup_steps: linear ramp 0 -> learning_rate
   train_steps: int = 5000           # --train_steps
   snapshot_freq: int = 1000         # --snapshot_freq: checkpoint and sample every N steps
   log_freq: int = 100               # --log_freq: scalars every N steps
@@ -257,6 +261,9 @@ def _validate_train(train: TrainConfig):
            f'must be one of {", ".join(PROJECTIONS)}, got {train.projection!r}')
   _require(train.learning_rate > 0, 'learning_rate', f'must be > 0, got {train.learning_rate}')
   _require(0 <= train.beta1 < 1, 'beta1', f'must be in [0, 1), got {train.beta1}')
+  _require(train.lr_schedule in LR_SCHEDULES, 'lr_schedule',
+           f'must be one of {", ".join(LR_SCHEDULES)}, got {train.lr_schedule!r}')
+  _require(train.warmup_steps >= 0, 'warmup_steps', f'must be >= 0, got {train.warmup_steps}')
   _require(train.train_steps >= 0, 'train_steps', f'must be >= 0, got {train.train_steps}')
   _require(train.snapshot_freq >= 1, 'snapshot_freq', f'must be >= 1, got {train.snapshot_freq}')
   _require(train.log_freq >= 1, 'log_freq', f'must be >= 1, got {train.log_freq}')

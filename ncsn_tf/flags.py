@@ -56,6 +56,11 @@ flags.DEFINE_string('loss', _T.loss, f'One of {", ".join(config_lib.LOSSES)}.')
 flags.DEFINE_integer('batch_size', _T.batch_size, 'Global batch size.')
 flags.DEFINE_float('learning_rate', _T.learning_rate, 'Adam learning rate.')
 flags.DEFINE_float('beta1', _T.beta1, 'Adam β1.')
+flags.DEFINE_string('lr_schedule', _T.lr_schedule,
+                    f'One of {", ".join(config_lib.LR_SCHEDULES)}: constant --learning_rate, or '
+                    'a cosine decay from it to 0 at --train_steps.')
+flags.DEFINE_integer('warmup_steps', _T.warmup_steps,
+                     'Linear learning-rate warmup from 0 over the first N steps.')
 flags.DEFINE_integer('train_steps', _T.train_steps, 'Total training steps.')
 flags.DEFINE_integer('snapshot_freq', _T.snapshot_freq, 'Checkpoint (and image samples) every N steps.')
 flags.DEFINE_integer('log_freq', _T.log_freq, 'TensorBoard scalars every N steps.')
@@ -148,7 +153,8 @@ def build_config(argv) -> config_lib.Config:
           scale_by_sigma=FLAGS.scale_by_sigma, conditional_norm=FLAGS.conditional_norm),
       train=config_lib.TrainConfig(
           loss=FLAGS.loss, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-          beta1=FLAGS.beta1, train_steps=FLAGS.train_steps, snapshot_freq=FLAGS.snapshot_freq,
+          beta1=FLAGS.beta1, lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
+          train_steps=FLAGS.train_steps, snapshot_freq=FLAGS.snapshot_freq,
           log_freq=FLAGS.log_freq, ema_rate=FLAGS.ema_rate,
           num_cpu_replicas=FLAGS.num_cpu_replicas, max_checkpoints=FLAGS.max_checkpoints,
           precision=FLAGS.precision, jit_compile=FLAGS.jit_compile,

@@ -46,8 +46,11 @@ def policy_scope(policy: str):
     keras.mixed_precision.set_global_policy(previous)
 
 
-def make_optimizer(policy: str, learning_rate: float, beta_1: float) -> keras.optimizers.Optimizer:
-  """Adam; wrapped in a dynamic LossScaleOptimizer under float16 (bfloat16 needs none)."""
+def make_optimizer(policy: str, learning_rate, beta_1: float) -> keras.optimizers.Optimizer:
+  """Adam; wrapped in a dynamic LossScaleOptimizer under float16 (bfloat16 needs none).
+
+  `learning_rate` is a float or a keras LearningRateSchedule (ncsn_tf/lr_schedule.py).
+  """
   optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1)
   if policy == 'mixed_float16':
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

@@ -28,6 +28,7 @@ from absl import logging
 from ncsn_tf import config as config_lib
 from ncsn_tf import data as data_lib
 from ncsn_tf import losses
+from ncsn_tf import lr_schedule
 from ncsn_tf import models
 from ncsn_tf import precision
 from ncsn_tf import sigmas as sigmas_lib
@@ -162,7 +163,9 @@ def create_state(config: config_lib.Config, strategy: tf.distribute.Strategy) ->
       ema_model.set_weights(model.get_weights())
     else:  # No EMA (NCSN v1): sampling, evaluation and export use the model itself.
       ema_model = model
-    optimizer = precision.make_optimizer(policy, config.train.learning_rate, config.train.beta1)
+    t = config.train
+    lr = lr_schedule.learning_rate(t.learning_rate, t.lr_schedule, t.warmup_steps, t.train_steps)
+    optimizer = precision.make_optimizer(policy, lr, t.beta1)
     # Keras 3 optimizers must create their slots inside the scope before the
     # first tf.function step, or MirroredStrategy fails on a placeholder.
     optimizer.build(model.trainable_variables)
@@ -565,7 +568,9 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
       logged_steps += chunk
       if step % t.log_freq == 0 or step == total:
         skipped_total += int(logged['skipped'])
-        _write_scalars(writer, step, logged, state.sigmas, t.learning_rate,
+        # Adam's current rate, the one the next update uses (--lr_schedule).
+        lr = float(state.optimizer.learning_rate.numpy())
+        _write_scalars(writer, step, logged, state.sigmas, lr,
                        logged_steps / max(logged_time, 1e-9), t.skip_nonfinite)
         if logged['skipped']:
           logging.warning('skipped %d non-finite step(s) up to step %d (%d in all)',
