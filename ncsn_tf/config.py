@@ -26,6 +26,8 @@ PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 STRATEGIES = ('auto', 'mirrored', 'multi_worker')
 #: --lr_schedule values (ncsn_tf/lr_schedule.py).
 LR_SCHEDULES = ('constant', 'cosine')
+#: --level_sampling values: how training draws each example's noise level.
+LEVEL_SAMPLINGS = ('uniform', 'lognormal')
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,9 @@ class TrainConfig:
   beta1: float = 0.9                # --beta1 (Adam)
   lr_schedule: str = 'constant'     # --lr_schedule: constant | cosine (to 0 at --train_steps)
   warmup_steps: int = 0             # --warmup_steps: linear ramp 0 -> learning_rate
+  level_sampling: str = 'uniform'   # --level_sampling: uniform (the paper) | lognormal (EDM)
+  level_log_mean: float = -1.2      # --level_log_mean: lognormal: mean of log σ
+  level_log_std: float = 1.2        # --level_log_std: lognormal: std of log σ
   train_steps: int = 5000           # --train_steps
   snapshot_freq: int = 1000         # --snapshot_freq: checkpoint and sample every N steps
   log_freq: int = 100               # --log_freq: scalars every N steps
@@ -264,6 +269,9 @@ def _validate_train(train: TrainConfig):
   _require(train.lr_schedule in LR_SCHEDULES, 'lr_schedule',
            f'must be one of {", ".join(LR_SCHEDULES)}, got {train.lr_schedule!r}')
   _require(train.warmup_steps >= 0, 'warmup_steps', f'must be >= 0, got {train.warmup_steps}')
+  _require(train.level_sampling in LEVEL_SAMPLINGS, 'level_sampling',
+           f'must be one of {", ".join(LEVEL_SAMPLINGS)}, got {train.level_sampling!r}')
+  _require(train.level_log_std > 0, 'level_log_std', f'must be > 0, got {train.level_log_std}')
   _require(train.train_steps >= 0, 'train_steps', f'must be >= 0, got {train.train_steps}')
   _require(train.snapshot_freq >= 1, 'snapshot_freq', f'must be >= 1, got {train.snapshot_freq}')
   _require(train.log_freq >= 1, 'log_freq', f'must be >= 1, got {train.log_freq}')

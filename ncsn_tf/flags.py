@@ -61,6 +61,14 @@ flags.DEFINE_string('lr_schedule', _T.lr_schedule,
                     'a cosine decay from it to 0 at --train_steps.')
 flags.DEFINE_integer('warmup_steps', _T.warmup_steps,
                      'Linear learning-rate warmup from 0 over the first N steps.')
+flags.DEFINE_string('level_sampling', _T.level_sampling,
+                    f'One of {", ".join(config_lib.LEVEL_SAMPLINGS)}: how training draws each '
+                    'example\'s noise level; uniform over the ladder (the paper), or log σ ~ '
+                    'N(--level_log_mean, --level_log_std²) over it (EDM).')
+flags.DEFINE_float('level_log_mean', _T.level_log_mean,
+                   '--level_sampling=lognormal: mean of log σ (EDM\'s P_mean).')
+flags.DEFINE_float('level_log_std', _T.level_log_std,
+                   '--level_sampling=lognormal: standard deviation of log σ (EDM\'s P_std).')
 flags.DEFINE_integer('train_steps', _T.train_steps, 'Total training steps.')
 flags.DEFINE_integer('snapshot_freq', _T.snapshot_freq, 'Checkpoint (and image samples) every N steps.')
 flags.DEFINE_integer('log_freq', _T.log_freq, 'TensorBoard scalars every N steps.')
@@ -154,6 +162,8 @@ def build_config(argv) -> config_lib.Config:
       train=config_lib.TrainConfig(
           loss=FLAGS.loss, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
           beta1=FLAGS.beta1, lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
+          level_sampling=FLAGS.level_sampling, level_log_mean=FLAGS.level_log_mean,
+          level_log_std=FLAGS.level_log_std,
           train_steps=FLAGS.train_steps, snapshot_freq=FLAGS.snapshot_freq,
           log_freq=FLAGS.log_freq, ema_rate=FLAGS.ema_rate,
           num_cpu_replicas=FLAGS.num_cpu_replicas, max_checkpoints=FLAGS.max_checkpoints,

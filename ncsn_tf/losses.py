@@ -23,22 +23,43 @@ def _per_example_sum(t):
   return tf.reduce_sum(tf.reshape(t, [tf.shape(t)[0], -1]), axis=-1)
 
 
-def perturb_at_random_levels(x, sigmas, label_seed, noise_seed):
-  """x̃ = x + σ_i z with one level i ~ U{0..L−1} per example (the annealed objectives).
+def lognormal_level_logits(sigmas, log_mean: float, log_std: float):
+  """Log-probabilities [L] of drawing each level when log σ ~ N(log_mean, log_std²).
+
+  EDM's training distribution (Karras et al. 2022, "Elucidating the design space",
+  P_mean / P_std) restricted to the ladder: p_i ∝ exp(−(log σ_i − log_mean)² / (2 log_std²)).
+  On a geometric ladder the levels are equally spaced in log σ, so this is the
+  discretised normal density. Unnormalised, as tf.random.stateless_categorical takes it.
+  """
+  log_sigmas = tf.math.log(tf.cast(sigmas, tf.float32))
+  return -tf.square(log_sigmas - log_mean) / (2.0 * log_std**2)
+
+
+def perturb_at_random_levels(x, sigmas, label_seed, noise_seed, level_logits=None):
+  """x̃ = x + σ_i z with one level i per example (the annealed objectives).
+
+  i ~ U{0..L−1} (the paper) unless `level_logits` [L] (unnormalised
+  log-probabilities, e.g. `lognormal_level_logits`) weights the levels.
 
   Returns (perturbed_x like x, used_sigmas [N, 1, ...] broadcastable to x,
   sigma_index [N] int32).
   """
   batch = tf.shape(x)[0]
-  sigma_index = tf.random.stateless_uniform([batch], label_seed, minval=0,
-                                            maxval=tf.shape(sigmas)[0], dtype=tf.int32)
+  if level_logits is None:
+    sigma_index = tf.random.stateless_uniform([batch], label_seed, minval=0,
+                                              maxval=tf.shape(sigmas)[0], dtype=tf.int32)
+  else:
+    draws = tf.random.stateless_categorical(
+        tf.reshape(tf.cast(level_logits, tf.float32), [1, -1]), batch, label_seed,
+        dtype=tf.int32)
+    sigma_index = tf.reshape(draws, [batch])
   used_sigmas = tf.reshape(tf.gather(sigmas, sigma_index),
                            tf.concat([[batch], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
   perturbed_x = x + used_sigmas * tf.random.stateless_normal(tf.shape(x), noise_seed)
   return perturbed_x, used_sigmas, sigma_index
 
 
-def anneal_dsm_per_example(score_fn, x, sigmas, seed):
+def anneal_dsm_per_example(score_fn, x, sigmas, seed, *, level_logits=None):
   """Annealed DSM, the paper's eqs. (5)-(6), one term per example.
 
   Each example gets a noise level i ~ U{0..L−1} and the loss
@@ -50,6 +71,10 @@ def anneal_dsm_per_example(score_fn, x, sigmas, seed):
     x: clean data float32 [N, ...].
     sigmas: float32 [L], the ladder, index 0 largest.
     seed: int32 [2] stateless seed.
+    level_logits: optional [L] unnormalised log-probabilities of the levels in
+      place of the uniform draw. Each level's term is unchanged, so the
+      minimiser at every level is still its perturbed score; only how often
+      each level is trained changes.
 
   Returns:
     (loss [N] float32, sigma_index [N] int32).
@@ -58,7 +83,7 @@ def anneal_dsm_per_example(score_fn, x, sigmas, seed):
   sigmas = tf.cast(sigmas, tf.float32)
   label_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   perturbed_x, used_sigmas, sigma_index = perturb_at_random_levels(x, sigmas, label_seed,
-                                                                  noise_seed)
+                                                                  noise_seed, level_logits)
   target_score = dsm_target(perturbed_x, x, used_sigmas)
   score = tf.cast(score_fn(perturbed_x, sigma_index), tf.float32)
   loss = 0.5 * _per_example_sum(tf.square(score - target_score)) * tf.reshape(used_sigmas, [-1])**2
@@ -207,10 +232,11 @@ def dsm_per_example(score_fn, x, sigmas, seed):
 
 
 def anneal_ssm_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 1,
-                           projection: str = 'gaussian', variance_reduction: bool = True):
+                           projection: str = 'gaussian', variance_reduction: bool = True,
+                           level_logits=None):
   """Annealed sliced score matching: σ_i² · SSM(-VR) of s(·, i) on x̃ = x + σ_i z.
 
-  Levels are drawn i ~ U{0..L−1} per example as in annealed DSM. This is the
+  Levels are drawn per example as in annealed DSM (uniform, or by `level_logits`). This is the
   form of the reference `anneal_sliced_score_estimation_vr` (ermongroup/ncsn
   losses/sliced_sm.py): the VR form by default, weighted by σ_i², with no target
   term added or subtracted, so the value at the truth is σ_i²·(−½E‖∇log p_σi‖²)
@@ -220,7 +246,7 @@ def anneal_ssm_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 
   sigmas = tf.cast(sigmas, tf.float32)
   label_seed, noise_seed, vector_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   perturbed_x, used_sigmas, sigma_index = perturb_at_random_levels(x, sigmas, label_seed,
-                                                                  noise_seed)
+                                                                  noise_seed, level_logits)
   curvature, half_sq_proj, half_sq_norm = _sliced_terms(score_fn, perturbed_x, sigma_index,
                                                         vector_seed, num_projections, projection)
   loss = curvature + (half_sq_norm if variance_reduction else half_sq_proj)
@@ -246,7 +272,8 @@ _LOSS_OPTIONS = {
     'esm': ('exact_score_fn',),
     'ssm': ('num_projections', 'projection'),
     'ssm_vr': ('num_projections', 'projection'),
-    'anneal_ssm': ('num_projections', 'projection'),
+    'anneal_dsm': ('level_logits',),
+    'anneal_ssm': ('num_projections', 'projection', 'level_logits'),
 }
 
 
@@ -254,8 +281,8 @@ def get_loss(name: str, **options):
   """The per-example loss registered under `name` (see LOSSES), options bound.
 
   options: exact_score_fn (required by 'esm'), num_projections and projection
-  (the sliced losses); options a loss does not use are ignored, so a caller can
-  pass the whole set. A None option keeps the loss's default.
+  (the sliced losses), level_logits (the annealed losses); options a loss does
+  not use are ignored, so a caller can pass the whole set. A None option keeps the loss's default.
   """
   try:
     fn = LOSSES[name]

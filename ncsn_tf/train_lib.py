@@ -222,11 +222,21 @@ def write_config_json(config: config_lib.Config):
 
 # --- the step ------------------------------------------------------------------
 
-def loss_for(config: config_lib.Config):
-  """The per-example loss of `config.train.loss` with its options bound."""
+def loss_for(config: config_lib.Config, *, uniform_levels: bool = False):
+  """The per-example loss of `config.train.loss` with its options bound.
+
+  `uniform_levels` ignores --level_sampling: the held-out loss always draws
+  levels uniformly, so its mean is comparable between runs that trained with
+  different level distributions.
+  """
+  t = config.train
+  level_logits = None
+  if t.level_sampling == 'lognormal' and not uniform_levels:
+    level_logits = losses.lognormal_level_logits(ladder(config), t.level_log_mean,
+                                                 t.level_log_std)
   return losses.get_loss(
-      config.train.loss, num_projections=config.train.num_projections,
-      projection=config.train.projection,
+      t.loss, num_projections=t.num_projections, projection=t.projection,
+      level_logits=level_logits,
       exact_score_fn=data_lib.toy.get_toy(config.data.dataset).score if config.data.is_toy else None)
 
 
@@ -373,7 +383,7 @@ def make_heldout_eval(config: config_lib.Config, state: TrainState):
   sigmas = tf.constant(state.sigmas)
   make_dataset = data_lib.dataset_fn(config, split='test', shuffle=False, seed_offset=0)
   batches = list(make_dataset(None).take(config.train.heldout_batches))
-  loss_fn = loss_for(config)
+  loss_fn = loss_for(config, uniform_levels=True)
   ema_model = state.ema_model
 
   @tf.function

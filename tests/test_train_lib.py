@@ -103,3 +103,21 @@ def test_nonfinite_loss_stops_loudly_and_keeps_the_last_good_checkpoint(tmp_path
   with pytest.raises(train_lib.NonFiniteLossError, match=r'step 25 in σ level 3 \(σ=1\)'):
     train_lib.train(tiny_config(tmp_path))
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith('ckpt-20')
+
+
+def test_heldout_loss_draws_levels_uniformly_whatever_the_training_distribution(tmp_path):
+  """--level_sampling changes training only: the held-out numbers stay comparable."""
+  uniform = tiny_config(tmp_path, heldout_batches=2)
+  lognormal = uniform.replace(train={'level_sampling': 'lognormal', 'level_log_mean': 2.0,
+                                     'level_log_std': 0.1})
+  state = train_lib.create_state(uniform, train_lib.make_strategy())
+  mean_u, per_u = train_lib.make_heldout_eval(uniform, state)()
+  mean_l, per_l = train_lib.make_heldout_eval(lognormal, state)()
+  assert mean_u == mean_l
+  np.testing.assert_array_equal(per_u, per_l)
+  # Training with that distribution puts (nearly) every example on the level
+  # closest to σ = e² ≈ 7.4 (the ladder is 10, 4.6, 2.2, 1): level 0.
+  x = tf.random.stateless_normal([256, 2], [0, 0])
+  _, index = train_lib.loss_for(lognormal)(lambda xx, ii: tf.zeros_like(xx), x,
+                                          tf.constant(state.sigmas), tf.constant([1, 2]))
+  assert np.mean(index.numpy() == 0) > 0.99
