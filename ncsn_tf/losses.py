@@ -27,7 +27,8 @@ def lognormal_level_logits(sigmas, log_mean: float, log_std: float):
   """Log-probabilities [L] of drawing each level when log σ ~ N(log_mean, log_std²).
 
   EDM's training distribution (Karras et al. 2022, "Elucidating the design space",
-  P_mean / P_std) restricted to the ladder: p_i ∝ exp(−(log σ_i − log_mean)² / (2 log_std²)).
+  P_mean / P_std) restricted to the ladder:
+  p_i ∝ exp(−(log σ_i − log_mean)² / (2 log_std²)).
   On a geometric ladder the levels are equally spaced in log σ, so this is the
   discretised normal density. Unnormalised, as tf.random.stateless_categorical takes it.
   """

@@ -19,7 +19,7 @@ import math
 import keras
 import tensorflow as tf
 
-SCHEDULES = ('constant', 'cosine')
+from ncsn_tf.config import LR_SCHEDULES
 
 
 @keras.saving.register_keras_serializable(package='ncsn_tf')
@@ -38,8 +38,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
   def __init__(self, peak: float, warmup_steps: int = 0, total_steps: int = 0,
                decay: str = 'constant'):
-    if decay not in SCHEDULES:
-      raise ValueError(f'decay must be one of {SCHEDULES}, got {decay!r}')
+    if decay not in LR_SCHEDULES:
+      raise ValueError(f'decay must be one of {LR_SCHEDULES}, got {decay!r}')
     self.peak = float(peak)
     self.warmup_steps = int(warmup_steps)
     self.total_steps = int(total_steps)

@@ -34,6 +34,13 @@ ZOOM_PER_ROW = 8
 ZOOM_FACTOR = 4
 DENOISE_IMAGES = 6
 DENOISE_SIGMAS = (2.0, 1.0, 0.5, 0.3, 0.15, 0.05)
+DENOISE_FACTOR = 2
+
+
+def enlarge(grid: np.ndarray, factor: int) -> np.ndarray:
+  """A uint8 grid [H, W, 3] scaled up `factor` times with nearest-neighbour pixels."""
+  return np.asarray(Image.fromarray(grid).resize(
+      (grid.shape[1] * factor, grid.shape[0] * factor), Image.NEAREST))
 
 
 def nearest_training_images(samples: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -53,9 +60,7 @@ def zoom_figure(samples: np.ndarray, train: np.ndarray) -> np.ndarray:
   for start in range(0, len(picked), ZOOM_PER_ROW):
     rows.append(picked[start:start + ZOOM_PER_ROW])
     rows.append(nearest[start:start + ZOOM_PER_ROW])
-  grid = plots.image_grid(np.concatenate(rows), nrow=ZOOM_PER_ROW)
-  return np.asarray(Image.fromarray(grid).resize(
-      (grid.shape[1] * ZOOM_FACTOR, grid.shape[0] * ZOOM_FACTOR), Image.NEAREST))
+  return enlarge(plots.image_grid(np.concatenate(rows), nrow=ZOOM_PER_ROW), ZOOM_FACTOR)
 
 
 def denoising_figure(workdir: str, image_size: int) -> np.ndarray:
@@ -77,8 +82,7 @@ def denoising_figure(workdir: str, image_size: int) -> np.ndarray:
   # Row-major: image k's clean picture, then its denoised estimates.
   grid = plots.image_grid(np.stack(columns, axis=1).reshape(-1, *clean.shape[1:]),
                           nrow=len(columns))
-  return np.asarray(Image.fromarray(grid).resize(
-      (grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST))
+  return enlarge(grid, DENOISE_FACTOR)
 
 
 def main(workdir: str):
