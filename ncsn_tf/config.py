@@ -28,6 +28,7 @@ STRATEGIES = ('auto', 'mirrored', 'multi_worker')
 LR_SCHEDULES = ('constant', 'cosine')
 #: --level_sampling values: how training draws each example's noise level.
 LEVEL_SAMPLINGS = ('uniform', 'lognormal')
+PRECONDITIONINGS = ('none', 'edm')
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,8 @@ class ModelConfig:
   num_layers: int = 3               # --num_layers: MLP hidden layers
   scale_by_sigma: bool = True       # --scale_by_sigma: score output divided by σ_i
   conditional_norm: bool = True     # --conditional_norm: per-level CIN++ rows (RefineNet)
+  preconditioning: str = 'none'     # --preconditioning: none | edm (RefineNet; Karras et al. 2022)
+  sigma_data: float = 0.25          # --sigma_data: data std for edm, in the data's units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +256,17 @@ def _validate_model(model: ModelConfig, data: DataConfig):
   if not model.conditional_norm:
     _require(model.name == 'refinenet', 'conditional_norm',
              f'false applies to --model=refinenet only, got {model.name!r}')
-    _require(model.scale_by_sigma, 'conditional_norm',
-             'false needs --scale_by_sigma: with shared normalizers only the 1/σ_i '
-             'output tells the noise levels apart')
+    _require(model.scale_by_sigma or model.preconditioning == 'edm', 'conditional_norm',
+             'false needs --scale_by_sigma or --preconditioning=edm: with shared '
+             'normalizers only the output scaling tells the noise levels apart')
+  _require(model.preconditioning in PRECONDITIONINGS, 'preconditioning',
+           f'must be one of {", ".join(PRECONDITIONINGS)}, got {model.preconditioning!r}')
+  if model.preconditioning == 'edm':
+    _require(model.name == 'refinenet', 'preconditioning',
+             f'edm applies to --model=refinenet only, got {model.name!r}')
+    _require(not model.scale_by_sigma, 'preconditioning',
+             'edm scales the output itself; pass --scale_by_sigma=false with it')
+    _require(model.sigma_data > 0, 'sigma_data', f'must be > 0, got {model.sigma_data}')
 
 
 def _validate_train(train: TrainConfig):

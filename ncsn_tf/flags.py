@@ -50,6 +50,13 @@ flags.DEFINE_bool('conditional_norm', _M.conditional_norm,
                   'RefineNet normalizers: one CIN++ row per noise level (the paper), or false: '
                   'one shared InstanceNorm++ row, the level entering only through '
                   '--scale_by_sigma (NCSNv2).')
+flags.DEFINE_string('preconditioning', _M.preconditioning,
+                    'RefineNet output: none (the network gives the score, or score·σ_i with '
+                    '--scale_by_sigma) or edm (Karras et al. 2022: a denoiser '
+                    'D = c_skip·y + c_out·F(c_in·y); needs --scale_by_sigma=false).')
+flags.DEFINE_float('sigma_data', _M.sigma_data,
+                   'edm: the data standard deviation, in the data units of --sigma_begin '
+                   '(0.25 = EDM\'s 0.5 for images in [-1, 1]).')
 
 # --- training --------------------------------------------------------------
 flags.DEFINE_string('loss', _T.loss, f'One of {", ".join(config_lib.LOSSES)}.')
@@ -158,7 +165,8 @@ def build_config(argv) -> config_lib.Config:
       model=config_lib.ModelConfig(
           name=FLAGS.model, sigma_begin=FLAGS.sigma_begin, sigma_end=FLAGS.sigma_end,
           num_scales=FLAGS.num_scales, ngf=FLAGS.ngf, num_layers=FLAGS.num_layers,
-          scale_by_sigma=FLAGS.scale_by_sigma, conditional_norm=FLAGS.conditional_norm),
+          scale_by_sigma=FLAGS.scale_by_sigma, conditional_norm=FLAGS.conditional_norm,
+          preconditioning=FLAGS.preconditioning, sigma_data=FLAGS.sigma_data),
       train=config_lib.TrainConfig(
           loss=FLAGS.loss, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
           beta1=FLAGS.beta1, lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,

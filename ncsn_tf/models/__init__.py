@@ -23,10 +23,12 @@ def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
   if m.name == 'refinenet':
     from ncsn_tf.models.refinenet import CondRefineNetDilated
     height, _, channels = data_shape
+    edm = m.preconditioning == 'edm'
     model = CondRefineNetDilated(ngf=m.ngf, num_classes=m.num_scales, image_size=height,
                                  channels=channels, logit_transform=config.data.logit_transform,
-                                 output_sigmas=sigmas.tolist() if m.scale_by_sigma else None,
+                                 output_sigmas=sigmas.tolist() if m.scale_by_sigma or edm else None,
                                  conditional_norm=m.conditional_norm,
+                                 sigma_data=m.sigma_data if edm else None,
                                  name='cond_refinenet_dilated')
     import numpy as np
     model(np.zeros((1,) + tuple(data_shape), np.float32), np.zeros((1,), np.int32))

@@ -468,6 +468,19 @@ class CondRefineNetDilated(keras.Model):
       technique 3. It needs `output_sigmas`. With many levels (NCSNv2 uses
       hundreds) a per-level row sees only 1/L of the training examples; a
       shared one sees them all.
+    sigma_data: None, or EDM's preconditioning (Karras et al. 2022, "Elucidating
+      the Design Space of Diffusion-Based Generative Models", table 1) with this
+      data standard deviation σ_d in the data's units (the units of the
+      ladder). The ladder is then `output_sigmas`, which it needs, and the
+      output is not divided by σ_i; instead, in the network's centred input
+      space y (2x − 1, or the logits), where noise and σ_d are `k` = 2 (or 1)
+      times larger, the network F becomes a denoiser
+        D(y) = c_skip·y + c_out·F(c_in·y),  c_in = 1/√(σ² + σ_d²),
+        c_skip = σ_d²/(σ² + σ_d²),  c_out = σ·σ_d/√(σ² + σ_d²)   (σ, σ_d in y units),
+      and the score is returned: ∇_x log p = k·(D − y)/σ_y² = (D − y)/(k·σ_i²).
+      F sees unit-variance inputs at every level and has a unit-variance
+      target, and F ≡ 0 gives exactly the score of Gaussian data N(centre,
+      σ_d²): −(y)/(σ² + σ_d²) in y units. The training objective is unchanged.
 
   Call:
     x: float32 [N, image_size, image_size, channels], in [0, 1] (or logits).
@@ -480,7 +493,7 @@ class CondRefineNetDilated(keras.Model):
 
   def __init__(self, ngf: int, num_classes: int, image_size: int, channels: int,
                logit_transform: bool = False, output_sigmas=None,
-               conditional_norm: bool = True, **kwargs):
+               conditional_norm: bool = True, sigma_data=None, **kwargs):
     super().__init__(**kwargs)
     if output_sigmas is not None and len(output_sigmas) != num_classes:
       raise ValueError(f'output_sigmas has {len(output_sigmas)} values; the model has '
@@ -488,6 +501,9 @@ class CondRefineNetDilated(keras.Model):
     if not conditional_norm and output_sigmas is None:
       raise ValueError('conditional_norm=False needs output_sigmas: with shared '
                        'normalizers only the 1/σ_i output tells the levels apart')
+    if sigma_data is not None and (output_sigmas is None or not sigma_data > 0):
+      raise ValueError(f'sigma_data={sigma_data} (EDM preconditioning) needs a positive '
+                       f'value and output_sigmas, the ladder')
     if image_size % 2:
       # res2 halves the map with a 2x2 mean pool; the skip at full size must
       # be exactly twice the pooled one for the fusion to line up.
@@ -499,6 +515,7 @@ class CondRefineNetDilated(keras.Model):
     self.logit_transform = bool(logit_transform)
     self.output_sigmas = None if output_sigmas is None else [float(v) for v in output_sigmas]
     self.conditional_norm = bool(conditional_norm)
+    self.sigma_data = None if sigma_data is None else float(sigma_data)
     self._build_sublayers()
 
   def _build_sublayers(self):
@@ -546,6 +563,10 @@ class CondRefineNetDilated(keras.Model):
       x = 2.0 * x - 1.0
     # The row every normalizer reads: the level's own, or the single shared one.
     row = sigma_index if self.conditional_norm else ops.zeros_like(sigma_index)
+    if self.sigma_data is not None:
+      c_in, c_out, pull = self._edm_coefficients(sigma_index)
+      y = ops.cast(x, 'float32')
+      x = c_in * y
     h = self.begin_conv(x)
     layer1 = self._run_stage(self.res1, h, row)
     layer2 = self._run_stage(self.res2, layer1, row)
@@ -558,10 +579,27 @@ class CondRefineNetDilated(keras.Model):
     h = self.refine4([layer1, ref3], row)
 
     h = ops.cast(self.end_conv(_elu(self.normalizer(h, row))), 'float32')
+    if self.sigma_data is not None:
+      return c_out * h - pull * y
     if self.output_sigmas is not None:
       sigma = ops.take(ops.convert_to_tensor(self.output_sigmas, 'float32'), sigma_index)
       h = h / sigma[:, None, None, None]
     return h
+
+  def _edm_coefficients(self, sigma_index):
+    """c_in, c_out/(k·σ_x²) and k/(σ_y² + σ_d²), each float32 [N, 1, 1, 1].
+
+    The score (D − y)/(k·σ_x²) is computed as c_out·F/(k·σ_x²) − k·y/(σ_y² + σ_d²):
+    the same value, but without forming c_skip·y − y, which at σ_L ≪ σ_d
+    cancels to a thousandth of y and loses four digits in float32.
+    """
+    k = 1.0 if self.logit_transform else 2.0  # y = 2x − 1 stretches noise and data by 2.
+    sigma = ops.take(ops.convert_to_tensor(self.output_sigmas, 'float32'), sigma_index)
+    sigma = ops.reshape(sigma, (-1, 1, 1, 1))
+    sigma_y, sigma_d = k * sigma, k * self.sigma_data
+    total2 = sigma_y**2 + sigma_d**2
+    c_out = sigma_y * sigma_d / ops.sqrt(total2)
+    return 1.0 / ops.sqrt(total2), c_out / (k * sigma**2), k / total2
 
   def build_for(self, batch_size: int = 1):
     """Creates all variables without running the network; returns self.
@@ -576,4 +614,4 @@ class CondRefineNetDilated(keras.Model):
     return {**super().get_config(), 'ngf': self.ngf, 'num_classes': self.num_classes,
             'image_size': self.image_size, 'channels': self.channels,
             'logit_transform': self.logit_transform, 'output_sigmas': self.output_sigmas,
-            'conditional_norm': self.conditional_norm}
+            'conditional_norm': self.conditional_norm, 'sigma_data': self.sigma_data}

@@ -1,0 +1,132 @@
+"""EDM preconditioning of the RefineNet score (`sigma_data`, `--preconditioning=edm`).
+
+Karras et al. 2022, table 1: in the network's centred space y, with σ and σ_d
+in y units, D(y) = c_skip·y + c_out·F(c_in·y) with c_in = 1/√(σ² + σ_d²),
+c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/√(σ² + σ_d²), and the model returns
+the score of x: (D − y)/(k·σ_x²) with y = 2x − 1 (k = 2) or the logits (k = 1).
+The references below are closed forms (the Gaussian score) and invariances,
+not the model's own formula.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from ncsn_tf import config as config_lib
+from ncsn_tf import models
+from ncsn_tf import train_lib
+from ncsn_tf.models.refinenet import CondRefineNetDilated
+from test_image_training import TINY, config_from_flagfile
+
+LADDER = np.geomspace(50.0, 0.01, 10)
+SIGMA_DATA = 0.3
+# float32 throughout; the scores below are O(1/σ²) sums of O(1) float32 terms.
+RTOL = 2e-5
+
+
+def _model(logit_transform=False, conditional_norm=True, seed=0):
+  keras.utils.set_random_seed(seed)
+  return CondRefineNetDilated(4, len(LADDER), 16, 3, logit_transform=logit_transform,
+                              output_sigmas=LADDER.tolist(), conditional_norm=conditional_norm,
+                              sigma_data=SIGMA_DATA).build_for()
+
+
+def _set_output_layer(model, bias):
+  kernel, _ = model.end_conv.get_weights()
+  model.end_conv.set_weights([np.zeros_like(kernel), np.asarray(bias, np.float32)])
+
+
+def _score(model, x, level):
+  labels = np.full(len(x), level, np.int32)
+  return keras.ops.convert_to_numpy(model(x, labels))
+
+
+@pytest.mark.parametrize('logit_transform', [False, True])
+def test_a_zero_network_gives_the_exact_score_of_gaussian_data(logit_transform):
+  """F ≡ 0 leaves D = c_skip·y: the posterior mean of y ~ N(0, σ_d²), so the score
+  must be the closed form for data N(centre, σ_d²) perturbed by N(0, σ²):
+  −(x − centre)/(σ² + σ_d²), centre 0.5 for [0, 1] images and 0 for logits."""
+  model = _model(logit_transform)
+  _set_output_layer(model, np.zeros(3))
+  rng = np.random.default_rng(1)
+  centre = 0.0 if logit_transform else 0.5
+  for level in (0, 4, 9):
+    x = (centre + rng.normal(0, np.hypot(LADDER[level], SIGMA_DATA), (2, 16, 16, 3))).astype(np.float32)
+    expected = -(x - centre) / (LADDER[level]**2 + SIGMA_DATA**2)
+    np.testing.assert_allclose(_score(model, x, level), expected, rtol=RTOL, atol=1e-6)
+
+
+def test_the_network_output_enters_the_denoiser_scaled_by_c_out():
+  """A constant output F = b moves the denoiser by c_out·b, and c_out tends to σ_d
+  (y units: 2σ_d) at large σ and to σ (2σ) at small σ."""
+  model = _model()
+  bias = np.array([1.0, -0.5, 0.25], np.float32)
+  _set_output_layer(model, bias)
+  x = np.random.default_rng(2).random((2, 16, 16, 3)).astype(np.float32)
+  y = 2.0 * x - 1.0
+  for level in range(len(LADDER)):
+    sigma_y, sigma_d = 2.0 * LADDER[level], 2.0 * SIGMA_DATA
+    # Denoiser from the returned score: D = y + σ_y²·∇_y log p, and ∇_y = ∇_x / 2.
+    denoised = y + sigma_y**2 * _score(model, x, level) / 2.0
+    shift = denoised - y * sigma_d**2 / (sigma_y**2 + sigma_d**2)
+    c_out = sigma_y * sigma_d / np.hypot(sigma_y, sigma_d)
+    np.testing.assert_allclose(shift, np.broadcast_to(c_out * bias, shift.shape),
+                               rtol=1e-4, atol=1e-5 * sigma_y**2)
+  assert c_out == pytest.approx(2.0 * LADDER[-1], rel=1e-3)  # σ_L ≪ σ_d
+  assert 2.0 * LADDER[0] * 2.0 * SIGMA_DATA / np.hypot(2.0 * LADDER[0], 2.0 * SIGMA_DATA) \
+      == pytest.approx(2.0 * SIGMA_DATA, rel=1e-4)
+
+
+def test_the_network_sees_the_input_divided_by_its_total_scale():
+  """With shared normalizers F is one unconditional function of c_in·y. Inputs
+  y_i at level i and y_j = y_i·c_in(i)/c_in(j) at level j reach F as the same
+  tensor, so the F recovered from both scores must agree."""
+  model = _model(conditional_norm=False)
+  rng = np.random.default_rng(3)
+  sigma_d = 2.0 * SIGMA_DATA
+
+  def recovered_f(y, level):
+    sigma_y = 2.0 * LADDER[level]
+    total2 = sigma_y**2 + sigma_d**2
+    denoised = y + sigma_y**2 * _score(model, (y + 1.0) / 2.0, level) / 2.0
+    return (denoised - y * sigma_d**2 / total2) / (sigma_y * sigma_d / np.sqrt(total2))
+
+  y_i = rng.normal(0, 1, (2, 16, 16, 3)).astype(np.float32)
+  for i, j in [(5, 7), (2, 9)]:
+    scale = np.sqrt((4 * LADDER[j]**2 + sigma_d**2) / (4 * LADDER[i]**2 + sigma_d**2))
+    y_j = (y_i * scale).astype(np.float32)
+    np.testing.assert_allclose(recovered_f(y_j, j), recovered_f(y_i, i), rtol=1e-3, atol=1e-3)
+
+
+def test_the_flags_build_a_preconditioned_model_that_round_trips(tmp_path):
+  config = config_lib.Config(workdir=str(tmp_path / 'w'),
+                             export=config_lib.ExportConfig(str(tmp_path / 'e'))).replace(
+      data={'dataset': 'shapes', 'image_size': 16},
+      model={'name': 'refinenet', 'ngf': 4, 'num_scales': 10, 'sigma_begin': 50.0,
+             'sigma_end': 0.01, 'scale_by_sigma': False, 'preconditioning': 'edm',
+             'sigma_data': SIGMA_DATA})
+  config_lib.validate(config)
+  model = models.build_model(config, (16, 16, 3))
+  assert model.sigma_data == SIGMA_DATA
+  np.testing.assert_allclose(model.output_sigmas, LADDER, rtol=1e-6)
+  clone = CondRefineNetDilated.from_config(model.get_config()).build_for()
+  assert clone.sigma_data == SIGMA_DATA
+  plain = models.build_model(config.replace(model={'preconditioning': 'none'}), (16, 16, 3))
+  assert plain.sigma_data is None and plain.output_sigmas is None
+  assert plain.count_params() == model.count_params()  # The parameterisation adds no weights.
+
+
+def test_sigma_data_needs_the_ladder():
+  with pytest.raises(ValueError, match='needs a positive value and output_sigmas'):
+    CondRefineNetDilated(4, 10, 16, 3, sigma_data=0.3)
+
+
+def test_shapes_trains_with_edm_from_the_command_line_flags(tmp_path):
+  config = config_from_flagfile('shapes', f'--workdir={tmp_path}/run', *TINY, '--image_size=16',
+                                '--preconditioning=edm', '--scale_by_sigma=false',
+                                '--sigma_data=0.385')
+  assert config.model.preconditioning == 'edm' and config.model.sigma_data == 0.385
+  state = train_lib.train(config)
+  assert int(state.step.numpy()) == 2 and state.model.sigma_data == 0.385
+  x = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
+  assert np.all(np.isfinite(_score(state.ema_model, x, 0)))
