@@ -28,6 +28,7 @@ STRATEGIES = ('auto', 'mirrored', 'multi_worker')
 LR_SCHEDULES = ('constant', 'cosine')
 #: --level_sampling values: how training draws each example's noise level.
 LEVEL_SAMPLINGS = ('uniform', 'lognormal')
+#: --preconditioning values: how the RefineNet's output becomes the score.
 PRECONDITIONINGS = ('none', 'edm')
 
 

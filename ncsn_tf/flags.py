@@ -49,7 +49,7 @@ flags.DEFINE_bool('scale_by_sigma', _M.scale_by_sigma,
 flags.DEFINE_bool('conditional_norm', _M.conditional_norm,
                   'RefineNet normalizers: one CIN++ row per noise level (the paper), or false: '
                   'one shared InstanceNorm++ row, the level entering only through '
-                  '--scale_by_sigma (NCSNv2).')
+                  '--scale_by_sigma (NCSNv2) or --preconditioning=edm.')
 flags.DEFINE_string('preconditioning', _M.preconditioning,
                     'RefineNet output: none (the network gives the score, or score·σ_i with '
                     '--scale_by_sigma) or edm (Karras et al. 2022: a denoiser '

@@ -480,7 +480,7 @@ class CondRefineNetDilated(keras.Model):
       and the score is returned: ∇_x log p = k·(D − y)/σ_y² = (D − y)/(k·σ_i²).
       F sees unit-variance inputs at every level and has a unit-variance
       target, and F ≡ 0 gives exactly the score of Gaussian data N(centre,
-      σ_d²): −(y)/(σ² + σ_d²) in y units. The training objective is unchanged.
+      σ_d²): −y/(σ² + σ_d²) in y units. The training objective is unchanged.
 
   Call:
     x: float32 [N, image_size, image_size, channels], in [0, 1] (or logits).
