@@ -63,12 +63,13 @@ def zoom_figure(samples: np.ndarray, train: np.ndarray) -> np.ndarray:
   return enlarge(plots.image_grid(np.concatenate(rows), nrow=ZOOM_PER_ROW), ZOOM_FACTOR)
 
 
-def denoising_figure(workdir: str, image_size: int) -> np.ndarray:
+def denoising_figure(workdir: str) -> np.ndarray:
   """uint8 grid: per test image, the clean image then x̃ + σ² s(x̃) at DENOISE_SIGMAS."""
   with open(os.path.join(workdir, 'config.json')) as f:
-    config = config_lib.Config.from_dict(json.load(f))
+    # The workdir given here, not the one recorded (relative to where training ran).
+    config = config_lib.Config.from_dict(json.load(f)).replace(workdir=workdir)
   state = train_lib.restore_for_inference(config)
-  clean = shapes.shapes_split_images('test', image_size=image_size,
+  clean = shapes.shapes_split_images('test', image_size=config.data.image_size,
                                      num_images=DENOISE_IMAGES).astype(np.float32) / 255.0
   rng = np.random.default_rng(0)
   columns = [clean]
@@ -92,7 +93,7 @@ def main(workdir: str):
   plots.save_png(plots.image_grid(train[:64]), os.path.join(HERE, 'shapes_data.png'))
   plots.save_png(plots.image_grid(samples), os.path.join(HERE, 'shapes_samples.png'))
   plots.save_png(zoom_figure(samples, train), os.path.join(HERE, 'shapes_samples_zoom.png'))
-  plots.save_png(denoising_figure(workdir, size), os.path.join(HERE, 'shapes_denoising.png'))
+  plots.save_png(denoising_figure(workdir), os.path.join(HERE, 'shapes_denoising.png'))
 
 
 if __name__ == '__main__':

@@ -564,7 +564,7 @@ class CondRefineNetDilated(keras.Model):
     # The row every normalizer reads: the level's own, or the single shared one.
     row = sigma_index if self.conditional_norm else ops.zeros_like(sigma_index)
     if self.sigma_data is not None:
-      c_in, c_out, pull = self._edm_coefficients(sigma_index)
+      c_in, out_scale, pull = self._edm_coefficients(sigma_index)
       y = ops.cast(x, 'float32')
       x = c_in * y
     h = self.begin_conv(x)
@@ -580,11 +580,15 @@ class CondRefineNetDilated(keras.Model):
 
     h = ops.cast(self.end_conv(_elu(self.normalizer(h, row))), 'float32')
     if self.sigma_data is not None:
-      return c_out * h - pull * y
+      return out_scale * h - pull * y
     if self.output_sigmas is not None:
-      sigma = ops.take(ops.convert_to_tensor(self.output_sigmas, 'float32'), sigma_index)
-      h = h / sigma[:, None, None, None]
+      h = h / self._level_sigma(sigma_index)
     return h
+
+  def _level_sigma(self, sigma_index):
+    """σ_i of each example's level, in the data's units: float32 [N, 1, 1, 1]."""
+    sigma = ops.take(ops.convert_to_tensor(self.output_sigmas, 'float32'), sigma_index)
+    return ops.reshape(sigma, (-1, 1, 1, 1))
 
   def _edm_coefficients(self, sigma_index):
     """c_in, c_out/(k·σ_x²) and k/(σ_y² + σ_d²), each float32 [N, 1, 1, 1].
@@ -594,8 +598,7 @@ class CondRefineNetDilated(keras.Model):
     cancels to a thousandth of y and loses four digits in float32.
     """
     k = 1.0 if self.logit_transform else 2.0  # y = 2x − 1 stretches noise and data by 2.
-    sigma = ops.take(ops.convert_to_tensor(self.output_sigmas, 'float32'), sigma_index)
-    sigma = ops.reshape(sigma, (-1, 1, 1, 1))
+    sigma = self._level_sigma(sigma_index)
     sigma_y, sigma_d = k * sigma, k * self.sigma_data
     total2 = sigma_y**2 + sigma_d**2
     c_out = sigma_y * sigma_d / ops.sqrt(total2)
