@@ -9,10 +9,16 @@ import time
 
 
 class Progress:
-  """progress = Progress('train', total=5000); progress.update(done, loss=0.1); progress.close()."""
+  """progress = Progress('train', total=5000); progress.update(done, loss=0.1); progress.close().
 
-  def __init__(self, desc: str, total: int, stream=None, min_interval: float = 5.0):
+  `initial` is the count already done when the loop starts (a resumed run): the
+  rate and ETA count only the work done since, not the steps of earlier runs.
+  """
+
+  def __init__(self, desc: str, total: int, stream=None, min_interval: float = 5.0,
+               initial: int = 0):
     self.desc, self.total = desc, max(int(total), 1)
+    self.initial = int(initial)
     self.stream = stream or sys.stderr
     self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
     self.min_interval = 0.0 if self.tty else min_interval
@@ -25,7 +31,7 @@ class Progress:
       return
     self._last_print = now
     elapsed = now - self.start
-    rate = done / elapsed if elapsed > 0 else 0.0
+    rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
     eta = (self.total - done) / rate if rate > 0 else float('inf')
     width = 24
     filled = int(width * done / self.total)

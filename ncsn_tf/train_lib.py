@@ -560,8 +560,8 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
   any_worker = _make_any_worker(strategy)
   t = config.train
   total = t.train_steps
-  progress = Progress('train', total)
   step = int(state.step.numpy())
+  progress = Progress('train', total, initial=step)
   saved_step = step if latest else None
   logged, logged_time, logged_steps, skipped_total = None, 0.0, 0, 0
   with _stop_on_signals() as stop:
