@@ -41,8 +41,11 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
     size = min(s.sample_batch_size, num - start)
     batch_seed = tf.constant([seed, batch_index], tf.int32)
     x_init = export_lib.initial_state(shape, tf.constant(size), batch_seed, config.data)
+    # The model object itself, not a new lambda per call: tf.function keys its
+    # trace cache on the callable, so a fresh lambda would retrace (and
+    # re-optimise) the whole sampler graph at every snapshot and batch.
     samples, trajectory = langevin.annealed_langevin_dynamics(
-        lambda x, i: score_model(x, i), x_init, sigmas_t, n_steps_each=s.n_steps_each,
+        score_model, x_init, sigmas_t, n_steps_each=s.n_steps_each,
         step_lr=s.step_lr, seed=tf.constant([seed, 1000 + batch_index]),
         num_snapshots=s.num_snapshots, denoise=s.denoise)
     outputs.append(samples.numpy())
