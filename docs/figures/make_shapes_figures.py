@@ -12,7 +12,14 @@ writes, next to this script:
 * shapes_denoising.png: what the trained (EMA) network knows at each noise level.
   Rows are test images; the first column the clean image, then for σ from large
   to small the one-step denoised estimate x̃ + σ² s(x̃, i) of x̃ = x + σ z, which
-  is Tweedie's posterior mean E[x | x̃] when the score is exact.
+  is Tweedie's posterior mean E[x | x̃] when the score is exact;
+* shapes_restart.png: where the sampler loses the shapes. Rows are test images;
+  the clean image, then the chain restarted from x + σ_k z at level k for
+  σ_k ≈ RESTART_SIGMAS, run to σ_L by annealed Langevin (the run's T, step and
+  final denoising), then the same starts run by deterministic steps
+  x <- D + (σ_{i+1}/σ_i)(x - D), D = x + σ_i² s(x, i) (DDIM's update on this
+  ladder, one network call per level). With the exact score both would return an
+  image like the original from a small σ_k.
 """
 
 import json
@@ -27,6 +34,7 @@ from ncsn_tf import config as config_lib
 from ncsn_tf import plots
 from ncsn_tf import train_lib
 from ncsn_tf.data import shapes
+from ncsn_tf.sampling import langevin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ZOOM_SAMPLES = 16
@@ -35,6 +43,7 @@ ZOOM_FACTOR = 4
 DENOISE_IMAGES = 6
 DENOISE_SIGMAS = (2.0, 1.0, 0.5, 0.3, 0.15, 0.05)
 DENOISE_FACTOR = 2
+RESTART_SIGMAS = (0.15, 0.5, 1.0)
 
 
 def enlarge(grid: np.ndarray, factor: int) -> np.ndarray:
@@ -63,24 +72,79 @@ def zoom_figure(samples: np.ndarray, train: np.ndarray) -> np.ndarray:
   return enlarge(plots.image_grid(np.concatenate(rows), nrow=ZOOM_PER_ROW), ZOOM_FACTOR)
 
 
-def denoising_figure(workdir: str) -> np.ndarray:
-  """uint8 grid: per test image, the clean image then x̃ + σ² s(x̃) at DENOISE_SIGMAS."""
+def restore(workdir: str):
+  """(config, state) of the run in `workdir`, with its EMA weights."""
   with open(os.path.join(workdir, 'config.json')) as f:
     # The workdir given here, not the one recorded (relative to where training ran).
     config = config_lib.Config.from_dict(json.load(f)).replace(workdir=workdir)
-  state = train_lib.restore_for_inference(config)
-  clean = shapes.shapes_split_images('test', image_size=config.data.image_size,
-                                     num_images=DENOISE_IMAGES).astype(np.float32) / 255.0
+  return config, train_lib.restore_for_inference(config)
+
+
+def held_out_images(config) -> np.ndarray:
+  """The first DENOISE_IMAGES test images, float32 [N, S, S, 3] in [0, 1]."""
+  return shapes.shapes_split_images('test', image_size=config.data.image_size,
+                                    num_images=DENOISE_IMAGES).astype(np.float32) / 255.0
+
+
+def nearest_level(sigmas: np.ndarray, target: float) -> int:
+  """The ladder level nearest (in log σ) to the wanted σ."""
+  return int(np.argmin(np.abs(np.log(sigmas) - np.log(target))))
+
+
+def denoising_figure(config, state) -> np.ndarray:
+  """uint8 grid: per test image, the clean image then x̃ + σ² s(x̃) at DENOISE_SIGMAS."""
+  clean = held_out_images(config)
   rng = np.random.default_rng(0)
   columns = [clean]
   for target in DENOISE_SIGMAS:
-    # The ladder level nearest (in log σ) to the wanted σ.
-    level = int(np.argmin(np.abs(np.log(state.sigmas) - np.log(target))))
+    level = nearest_level(state.sigmas, target)
     sigma = float(state.sigmas[level])
     noisy = clean + sigma * rng.standard_normal(clean.shape).astype(np.float32)
     score = state.ema_model(tf.constant(noisy), tf.fill([DENOISE_IMAGES], level)).numpy()
     columns.append(np.clip(noisy + sigma**2 * score, 0.0, 1.0))
   # Row-major: image k's clean picture, then its denoised estimates.
+  grid = plots.image_grid(np.stack(columns, axis=1).reshape(-1, *clean.shape[1:]),
+                          nrow=len(columns))
+  return enlarge(grid, DENOISE_FACTOR)
+
+
+def deterministic_descent(model, x, sigmas, start: int) -> np.ndarray:
+  """x at level `start` to level L by x <- D + (σ_{i+1}/σ_i)(x − D), then x <- D at σ_L.
+
+  D = x + σ_i² s(x, i) is the one-step denoised estimate; the update keeps the
+  current noise direction and shrinks it to the next level's σ (no fresh noise).
+  """
+  batch = len(x)
+  for i in range(start, len(sigmas)):
+    denoised = x + sigmas[i]**2 * model(tf.constant(x), tf.fill([batch], i)).numpy()
+    if i == len(sigmas) - 1:
+      return denoised
+    x = denoised + sigmas[i + 1] / sigmas[i] * (x - denoised)
+  return x
+
+
+def restart_figure(config, state) -> np.ndarray:
+  """uint8 grid: per test image, the clean image, annealed Langevin and then
+  deterministic descents restarted from x + σ_k z for σ_k ≈ RESTART_SIGMAS."""
+  clean = held_out_images(config)
+  sigmas = state.sigmas.astype(np.float32)
+  model = state.ema_model
+  s = config.sampling
+  rng = np.random.default_rng(1)
+  langevin_columns, deterministic_columns = [], []
+  for target in RESTART_SIGMAS:
+    start = nearest_level(sigmas, target)
+    noisy = clean + sigmas[start] * rng.standard_normal(clean.shape).astype(np.float32)
+    # Levels start..L-1 of the ladder; the step sizes step_lr·(σ_i/σ_L)² are those
+    # of the full chain because the slice ends at the same σ_L.
+    offset_score = lambda x, i, start=start: model(x, i + start)  # pylint: disable=cell-var-from-loop
+    chain = langevin.annealed_langevin_dynamics(
+        offset_score, noisy, sigmas[start:], n_steps_each=s.n_steps_each, step_lr=s.step_lr,
+        seed=[config.seed, start], denoise=s.denoise)
+    langevin_columns.append(np.clip(chain.numpy(), 0.0, 1.0))
+    deterministic_columns.append(
+        np.clip(deterministic_descent(model, noisy, sigmas, start), 0.0, 1.0))
+  columns = [clean] + langevin_columns + deterministic_columns
   grid = plots.image_grid(np.stack(columns, axis=1).reshape(-1, *clean.shape[1:]),
                           nrow=len(columns))
   return enlarge(grid, DENOISE_FACTOR)
@@ -93,7 +157,9 @@ def main(workdir: str):
   plots.save_png(plots.image_grid(train[:64]), os.path.join(HERE, 'shapes_data.png'))
   plots.save_png(plots.image_grid(samples), os.path.join(HERE, 'shapes_samples.png'))
   plots.save_png(zoom_figure(samples, train), os.path.join(HERE, 'shapes_samples_zoom.png'))
-  plots.save_png(denoising_figure(workdir), os.path.join(HERE, 'shapes_denoising.png'))
+  config, state = restore(workdir)
+  plots.save_png(denoising_figure(config, state), os.path.join(HERE, 'shapes_denoising.png'))
+  plots.save_png(restart_figure(config, state), os.path.join(HERE, 'shapes_restart.png'))
 
 
 if __name__ == '__main__':
