@@ -14,42 +14,43 @@ class _Clock:
     return self.now
 
 
-def _last_line(stream):
-  return stream.getvalue().strip().splitlines()[-1]
+def _progress(monkeypatch, *args, **kwargs):
+  """(clock, stream, Progress) with time.time() under the test's control.
+
+  The stream is not a tty, so the display prints one line per update.
+  """
+  clock = _Clock()
+  monkeypatch.setattr(progress_lib.time, 'time', clock)
+  stream = io.StringIO()
+  return clock, stream, progress_lib.Progress(*args, stream=stream, **kwargs)
+
+
+def _lines(stream):
+  return stream.getvalue().strip().splitlines()
 
 
 def test_rate_and_eta_count_only_this_runs_steps(monkeypatch):
-  clock = _Clock()
-  monkeypatch.setattr(progress_lib.time, 'time', clock)
-  stream = io.StringIO()  # not a tty: one line per update
   # A run resumed at step 3000 of 9000 that then does 100 steps in 10 s: 10 steps/s,
   # 5900 steps left -> 590 s. Counting the resumed steps would claim 310/s.
-  progress = progress_lib.Progress('train', 9000, stream=stream, min_interval=0.0,
-                                   initial=3000)
+  clock, stream, progress = _progress(monkeypatch, 'train', 9000, min_interval=0.0,
+                                      initial=3000)
   clock.now += 10.0
   progress.update(3100, loss=1.5)
-  assert _last_line(stream) == 'train [########................] 3100/9000 10.0/s eta 590s loss=1.5'
+  assert _lines(stream)[-1] == 'train [########................] 3100/9000 10.0/s eta 590s loss=1.5'
 
 
 def test_fresh_run_rate(monkeypatch):
-  clock = _Clock()
-  monkeypatch.setattr(progress_lib.time, 'time', clock)
-  stream = io.StringIO()
-  progress = progress_lib.Progress('sample', 64, stream=stream, min_interval=0.0)
+  clock, stream, progress = _progress(monkeypatch, 'sample', 64, min_interval=0.0)
   clock.now += 4.0
   progress.update(16)
-  assert _last_line(stream).endswith('16/64 4.0/s eta 12s')
+  assert _lines(stream)[-1].endswith('16/64 4.0/s eta 12s')
 
 
 def test_non_tty_updates_are_throttled(monkeypatch):
-  clock = _Clock()
-  monkeypatch.setattr(progress_lib.time, 'time', clock)
-  stream = io.StringIO()
-  progress = progress_lib.Progress('train', 100, stream=stream, min_interval=5.0)
+  clock, stream, progress = _progress(monkeypatch, 'train', 100, min_interval=5.0)
   clock.now += 6.0
   progress.update(10)
   clock.now += 1.0
   progress.update(20)  # within 5 s of the last line: not printed
   progress.update(100)  # the final count always prints
-  lines = stream.getvalue().strip().splitlines()
-  assert [line.split()[2] for line in lines] == ['10/100', '100/100']
+  assert [line.split()[2] for line in _lines(stream)] == ['10/100', '100/100']
