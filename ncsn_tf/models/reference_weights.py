@@ -98,9 +98,10 @@ def _checked(variable, value, torch_name):
 
 def _check_complete(model, assignments):
   assigned = [id(variable) for variable, _ in assignments]
-  if len(set(assigned)) != len(assigned):
+  unique = set(assigned)
+  if len(unique) != len(assigned):
     raise ValueError('the state_dict sets some variables twice')
-  missing = [v.path for v in model.weights if id(v) not in set(assigned)]
+  missing = [v.path for v in model.weights if id(v) not in unique]
   if missing:
     raise ValueError(f'the state_dict leaves {len(missing)} model variable(s) unset, '
                      f'e.g. {missing[0]}')
