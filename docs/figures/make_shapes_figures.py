@@ -102,9 +102,14 @@ def denoising_figure(config, state) -> np.ndarray:
     noisy = clean + sigma * rng.standard_normal(clean.shape).astype(np.float32)
     score = state.ema_model(tf.constant(noisy), tf.fill([DENOISE_IMAGES], level)).numpy()
     columns.append(np.clip(noisy + sigma**2 * score, 0.0, 1.0))
-  # Row-major: image k's clean picture, then its denoised estimates.
-  grid = plots.image_grid(np.stack(columns, axis=1).reshape(-1, *clean.shape[1:]),
-                          nrow=len(columns))
+  return columns_figure(columns)
+
+
+def columns_figure(columns) -> np.ndarray:
+  """uint8 grid, enlarged, with one row per image and one column per entry of
+  `columns` (each float [N, H, W, C] in [0, 1], the same N images)."""
+  images = np.stack(columns, axis=1)  # [N, columns, H, W, C]: row-major per image
+  grid = plots.image_grid(images.reshape(-1, *images.shape[2:]), nrow=len(columns))
   return enlarge(grid, DENOISE_FACTOR)
 
 
@@ -114,13 +119,12 @@ def deterministic_descent(model, x, sigmas, start: int) -> np.ndarray:
   D = x + σ_i² s(x, i) is the one-step denoised estimate; the update keeps the
   current noise direction and shrinks it to the next level's σ (no fresh noise).
   """
-  batch = len(x)
-  for i in range(start, len(sigmas)):
-    denoised = x + sigmas[i]**2 * model(tf.constant(x), tf.fill([batch], i)).numpy()
-    if i == len(sigmas) - 1:
-      return denoised
+  x = tf.constant(x)
+  denoise = lambda x, i: x + sigmas[i]**2 * model(x, tf.fill([len(x)], i))
+  for i in range(start, len(sigmas) - 1):
+    denoised = denoise(x, i)
     x = denoised + sigmas[i + 1] / sigmas[i] * (x - denoised)
-  return x
+  return denoise(x, len(sigmas) - 1).numpy()
 
 
 def restart_figure(config, state) -> np.ndarray:
@@ -144,10 +148,7 @@ def restart_figure(config, state) -> np.ndarray:
     langevin_columns.append(np.clip(chain.numpy(), 0.0, 1.0))
     deterministic_columns.append(
         np.clip(deterministic_descent(model, noisy, sigmas, start), 0.0, 1.0))
-  columns = [clean] + langevin_columns + deterministic_columns
-  grid = plots.image_grid(np.stack(columns, axis=1).reshape(-1, *clean.shape[1:]),
-                          nrow=len(columns))
-  return enlarge(grid, DENOISE_FACTOR)
+  return columns_figure([clean] + langevin_columns + deterministic_columns)
 
 
 def main(workdir: str):
