@@ -15,7 +15,11 @@ IMAGE_DATASETS = ('mnist', 'cifar10', 'celeba', 'folder', 'shapes')
 MODES = ('train', 'sample', 'eval', 'export', 'experiment', 'inpaint', 'stats')
 #: --inception_kind values: the network whose features FID/IS/KID use (ncsn_tf/evaluation.py).
 INCEPTION_KINDS = ('fid_graph', 'keras', 'tiny_random')
-MODELS = ('mlp', 'refinenet')
+MODELS = ('mlp', 'refinenet', 'unet')
+# Score networks for images: the paper's RefineNet, or a small U-Net (models/unet.py).
+IMAGE_MODELS = ('refinenet', 'unet')
+# The U-Net halves the resolution three times (32 -> 4).
+UNET_SIZE_MULTIPLE = 8
 LOSSES = ('anneal_dsm', 'esm', 'ism', 'dsm', 'ssm', 'ssm_vr', 'anneal_ssm')
 PROJECTIONS = ('gaussian', 'rademacher')
 #: --experiment values of --mode=experiment (see ncsn_tf/experiments.py).
@@ -56,7 +60,7 @@ class ModelConfig:
   sigma_begin: float = 20.0         # --sigma_begin (σ_1)
   sigma_end: float = 1.0            # --sigma_end (σ_L)
   num_scales: int = 10              # --num_scales (L)
-  ngf: int = 128                    # --ngf: RefineNet width, or MLP hidden units
+  ngf: int = 128                    # --ngf: RefineNet / U-Net base width, or MLP hidden units
   num_layers: int = 3               # --num_layers: MLP hidden layers
   scale_by_sigma: bool = True       # --scale_by_sigma: score output divided by σ_i
   conditional_norm: bool = True     # --conditional_norm: per-level CIN++ rows (RefineNet)
@@ -246,7 +250,11 @@ def _validate_model(model: ModelConfig, data: DataConfig):
   if data.is_toy:
     _require(model.name == 'mlp', 'model', f'toy datasets use --model=mlp, got {model.name!r}')
   else:
-    _require(model.name == 'refinenet', 'model', f'image datasets use --model=refinenet, got {model.name!r}')
+    _require(model.name in IMAGE_MODELS, 'model',
+             f'image datasets use --model=refinenet or unet, got {model.name!r}')
+    if model.name == 'unet':
+      _require(data.image_size % UNET_SIZE_MULTIPLE == 0, 'image_size',
+               f'--model=unet needs a multiple of {UNET_SIZE_MULTIPLE}, got {data.image_size}')
   _require(model.sigma_end > 0, 'sigma_end', f'must be > 0, got {model.sigma_end}')
   _require(model.num_scales >= 1, 'num_scales', f'must be >= 1, got {model.num_scales}')
   if model.num_scales > 1:

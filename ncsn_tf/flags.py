@@ -42,7 +42,7 @@ flags.DEFINE_string('model', _M.name, f'One of {", ".join(config_lib.MODELS)}.')
 flags.DEFINE_float('sigma_begin', _M.sigma_begin, 'σ_1, the largest noise level.')
 flags.DEFINE_float('sigma_end', _M.sigma_end, 'σ_L, the smallest noise level.')
 flags.DEFINE_integer('num_scales', _M.num_scales, 'L, the number of noise levels.')
-flags.DEFINE_integer('ngf', _M.ngf, 'RefineNet width (filters), or MLP hidden units.')
+flags.DEFINE_integer('ngf', _M.ngf, 'RefineNet / U-Net base width (filters), or MLP hidden units.')
 flags.DEFINE_integer('num_layers', _M.num_layers, 'MLP hidden layers.')
 flags.DEFINE_bool('scale_by_sigma', _M.scale_by_sigma,
                   "Score output divided by σ_i (NCSNv2 technique 3); false in the paper's image flagfiles.")

@@ -2,7 +2,7 @@
 mixed precision learns what float32 learns.
 
 The equivalence test trains a tiny RefineNet (ngf=8, 16x16x3 blob images, L=4)
-through `train_lib.make_train_chunk` (200 steps, batch 8) twice from the same initial weights, data
+through `train_lib.make_train_chunk` (STEPS steps, batch 8) twice from the same initial weights, data
 and noise seeds: once in float32 and once in mixed_bfloat16. bfloat16 rounds
 activations to 8 significant bits, so the two runs do not follow the same
 trajectory step by step; what must agree is what they learn: the DSM loss
@@ -31,12 +31,14 @@ WINDOW = 10
 LOSS_RTOL = 0.02
 
 
-def test_resolve_auto_is_float32_for_the_mlp_and_mixed_for_refinenet(monkeypatch):
+def test_resolve_auto_is_float32_for_the_mlp_and_mixed_for_image_models(monkeypatch):
   monkeypatch.setattr(precision, '_has_gpu', lambda: False)
   assert precision.resolve('auto', 'mlp') == 'float32'
   assert precision.resolve('auto', 'refinenet') == 'mixed_bfloat16'
+  assert precision.resolve('auto', 'unet') == 'mixed_bfloat16'
   monkeypatch.setattr(precision, '_has_gpu', lambda: True)
   assert precision.resolve('auto', 'refinenet') == 'mixed_float16'
+  assert precision.resolve('auto', 'unet') == 'mixed_float16'
   assert precision.resolve('auto', 'mlp') == 'float32'
 
 

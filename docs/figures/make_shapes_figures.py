@@ -1,8 +1,10 @@
 """Redraws the README's shapes figures from a finished shapes run.
 
     python docs/figures/make_shapes_figures.py runs/shapes
+    python docs/figures/make_shapes_figures.py runs/shapes_refinenet _refinenet
 
-writes, next to this script:
+writes, next to this script (with SUFFIX before `.png`, and without the data
+figure, when a suffix is given):
 
 * shapes_data.png: 64 training images, in the same 8x8 grid as the samples;
 * shapes_samples.png: the run's 64 final samples (`<workdir>/samples/samples.npz`);
@@ -151,19 +153,22 @@ def restart_figure(config, state) -> np.ndarray:
   return columns_figure([clean] + langevin_columns + deterministic_columns)
 
 
-def main(workdir: str):
+def main(workdir: str, suffix: str = ''):
   samples = np.load(os.path.join(workdir, 'samples', 'samples.npz'))['samples']
   size = samples.shape[1]
   train = shapes.shapes_split_images('train', image_size=size).astype(np.float32) / 255.0
-  plots.save_png(plots.image_grid(train[:64]), os.path.join(HERE, 'shapes_data.png'))
-  plots.save_png(plots.image_grid(samples), os.path.join(HERE, 'shapes_samples.png'))
-  plots.save_png(zoom_figure(samples, train), os.path.join(HERE, 'shapes_samples_zoom.png'))
+  figure_path = lambda name: os.path.join(HERE, f'shapes_{name}{suffix}.png')
+  if not suffix:  # the data figure does not depend on the run
+    plots.save_png(plots.image_grid(train[:64]), figure_path('data'))
+  plots.save_png(plots.image_grid(samples), figure_path('samples'))
+  plots.save_png(zoom_figure(samples, train), figure_path('samples_zoom'))
   config, state = restore(workdir)
-  plots.save_png(denoising_figure(config, state), os.path.join(HERE, 'shapes_denoising.png'))
-  plots.save_png(restart_figure(config, state), os.path.join(HERE, 'shapes_restart.png'))
+  plots.save_png(denoising_figure(config, state), figure_path('denoising'))
+  plots.save_png(restart_figure(config, state), figure_path('restart'))
 
 
 if __name__ == '__main__':
-  if len(sys.argv) != 2:
-    sys.exit('usage: python docs/figures/make_shapes_figures.py WORKDIR (e.g. runs/shapes)')
-  main(sys.argv[1])
+  if len(sys.argv) not in (2, 3):
+    sys.exit('usage: python docs/figures/make_shapes_figures.py WORKDIR [SUFFIX] '
+             '(e.g. runs/shapes; runs/shapes_refinenet _refinenet)')
+  main(*sys.argv[1:])

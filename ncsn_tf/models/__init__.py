@@ -33,4 +33,10 @@ def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
     import numpy as np
     model(np.zeros((1,) + tuple(data_shape), np.float32), np.zeros((1,), np.int32))
     return model
+  if m.name == 'unet':
+    from ncsn_tf.models.unet import ScoreUNet
+    height, _, channels = data_shape
+    return ScoreUNet(ngf=m.ngf, sigmas=sigmas.tolist(), image_size=height, channels=channels,
+                     logit_transform=config.data.logit_transform,
+                     scale_by_sigma=m.scale_by_sigma, name='score_unet').build_for()
   raise ValueError(f'unknown model {m.name!r}')

@@ -1,0 +1,142 @@
+"""Tests for ncsn_tf.models.unet (the small noise-conditional U-Net).
+
+Functional tests use a tiny width (ngf=4) at 16x16; the parameter count is
+checked against a count written out from the layout in the module docstring.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from ncsn_tf.models.unet import ScoreUNet, group_count
+
+SIGMAS = [5.0, 1.0, 0.2, 0.04]
+
+
+def _inputs(image_size=16, channels=3, batch=4, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(0.0, 1.0, (batch, image_size, image_size, channels)).astype(np.float32)
+  return x, np.arange(batch, dtype=np.int32) % len(SIGMAS)
+
+
+def _randomise(model, seed=0):
+  """Nonzero weights everywhere (the last convs start at zero)."""
+  rng = np.random.default_rng(seed)
+  for weight in model.weights:
+    weight.assign(rng.normal(0.0, 0.1, weight.shape).astype(np.float32))
+
+
+def _expected_parameters(ngf, channels, mults=(1, 2, 2, 2), blocks=2):
+  """The layout of the module docstring, counted by hand."""
+  conv = lambda k, cin, cout: k * k * cin * cout + cout
+  dense = lambda cin, cout: cin * cout + cout
+  norm = lambda c: 2 * c
+  embed = 4 * ngf
+
+  def block(cin, cout):
+    return (norm(cin) + conv(3, cin, cout) + dense(embed, cout) + norm(cout)
+            + conv(3, cout, cout) + (conv(1, cin, cout) if cin != cout else 0))
+
+  total = dense(16, embed) + dense(embed, embed) + conv(3, channels, ngf)
+  width, skips = ngf, [ngf]
+  for level, mult in enumerate(mults):
+    for _ in range(blocks):
+      total += block(width, ngf * mult)
+      width = ngf * mult
+      skips.append(width)
+    if level < len(mults) - 1:
+      skips.append(width)  # the pooled map is a skip too
+  total += 2 * block(width, width)
+  for level in reversed(range(len(mults))):
+    for _ in range(blocks + 1):
+      total += block(width + skips.pop(), ngf * mults[level])
+      width = ngf * mults[level]
+    if level > 0:
+      total += conv(3, width, width)
+  return total + norm(width) + conv(3, width, channels)
+
+
+@pytest.mark.parametrize('ngf, image_size, channels', [(16, 32, 3), (4, 16, 1)])
+def test_parameter_count_follows_the_layout(ngf, image_size, channels):
+  model = ScoreUNet(ngf, SIGMAS, image_size, channels).build_for()
+  assert model.count_params() == _expected_parameters(ngf, channels)
+
+
+def test_shapes_cfg_width_has_the_documented_size():
+  # The README quotes this size for tf_configs/shapes.cfg (ngf 16, 32x32x3).
+  assert ScoreUNet(16, SIGMAS, 32, 3).build_for().count_params() == 518_771
+
+
+def test_group_count():
+  assert [group_count(c) for c in (1, 4, 8, 16, 32, 64)] == [1, 1, 2, 4, 8, 8]
+
+
+def test_starts_as_zero_score_with_float32_output():
+  x, index = _inputs()
+  score = ScoreUNet(4, SIGMAS, 16, 3).build_for()(x, index)
+  assert score.shape == x.shape and score.dtype == 'float32'
+  assert np.all(np.asarray(score) == 0.0)  # zero-initialised output conv
+
+
+def test_scale_by_sigma_divides_the_network_output_by_sigma_i():
+  x, index = _inputs()
+  scaled = ScoreUNet(4, SIGMAS, 16, 3).build_for()
+  plain = ScoreUNet(4, SIGMAS, 16, 3, scale_by_sigma=False).build_for()
+  _randomise(scaled)
+  plain.set_weights(scaled.get_weights())
+  expected = np.asarray(plain(x, index)) / np.asarray(SIGMAS)[index][:, None, None, None]
+  np.testing.assert_allclose(np.asarray(scaled(x, index)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_output_depends_on_the_level():
+  # The same image at two levels: the embedding must change the field itself,
+  # not only its 1/σ scale (scale_by_sigma off).
+  model = ScoreUNet(4, SIGMAS, 16, 3, scale_by_sigma=False).build_for()
+  _randomise(model)
+  x, _ = _inputs(batch=1)
+  outputs = [np.asarray(model(x, np.array([i], np.int32))) for i in range(len(SIGMAS))]
+  for a, b in zip(outputs, outputs[1:]):
+    assert np.abs(a - b).max() > 1e-3 * np.abs(a).max()
+
+
+def test_examples_are_independent():
+  # GroupNorm statistics are per example: a batch gives each image's own output.
+  model = ScoreUNet(4, SIGMAS, 16, 3).build_for()
+  _randomise(model)
+  x, index = _inputs()
+  batched = np.asarray(model(x, index))
+  single = np.concatenate([np.asarray(model(x[i:i + 1], index[i:i + 1])) for i in range(len(x))])
+  np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_config_round_trip_rebuilds_the_same_network():
+  model = ScoreUNet(4, SIGMAS, 16, 1, logit_transform=True).build_for()
+  _randomise(model)
+  clone = ScoreUNet.from_config(model.get_config()).build_for()
+  clone.set_weights(model.get_weights())
+  x, index = _inputs(channels=1)
+  np.testing.assert_array_equal(np.asarray(clone(x, index)), np.asarray(model(x, index)))
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_and_returns_float32():
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    model = ScoreUNet(4, SIGMAS, 16, 3).build_for()
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+  _randomise(model)
+  x, index = _inputs()
+  assert model.stem.compute_dtype == 'bfloat16'
+  assert model(x, index).dtype == 'float32'
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(image_size=20), 'image_size must be divisible by 8'),
+    (dict(image_size=18, channel_mults=(1, 2, 2)), 'image_size must be divisible by 4'),
+    (dict(sigmas=[1.0, 0.0]), 'sigmas must be a non-empty list of positive floats'),
+])
+def test_bad_arguments_are_rejected(kwargs, message):
+  arguments = {**dict(ngf=4, sigmas=SIGMAS, image_size=16, channels=3), **kwargs}
+  with pytest.raises(ValueError, match=message):
+    ScoreUNet(**arguments)
