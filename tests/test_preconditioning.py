@@ -122,7 +122,9 @@ def test_sigma_data_needs_the_ladder():
 
 
 def test_shapes_trains_with_edm_from_the_command_line_flags(tmp_path):
+  # EDM preconditioning is a RefineNet option; shapes.cfg itself trains the U-Net.
   config = config_from_flagfile('shapes', f'--workdir={tmp_path}/run', *TINY, '--image_size=16',
+                                '--model=refinenet', '--conditional_norm=false',
                                 '--preconditioning=edm', '--scale_by_sigma=false',
                                 '--sigma_data=0.385')
   assert config.model.preconditioning == 'edm' and config.model.sigma_data == 0.385

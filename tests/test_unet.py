@@ -26,6 +26,14 @@ def _randomise(model, seed=0):
     weight.assign(rng.normal(0.0, 0.1, weight.shape).astype(np.float32))
 
 
+@pytest.fixture(scope='module')
+def plain_model():
+  """A randomised width-4 U-Net at 16x16x3 without the 1/σ output, built once."""
+  model = ScoreUNet(4, SIGMAS, 16, 3, scale_by_sigma=False).build_for()
+  _randomise(model)
+  return model
+
+
 def _expected_parameters(ngf, channels, mults=(1, 2, 2, 2), blocks=2):
   """The layout of the module docstring, counted by hand."""
   conv = lambda k, cin, cout: k * k * cin * cout + cout
@@ -78,31 +86,28 @@ def test_starts_as_zero_score_with_float32_output():
   assert np.all(np.asarray(score) == 0.0)  # zero-initialised output conv
 
 
-def test_scale_by_sigma_divides_the_network_output_by_sigma_i():
+def test_scale_by_sigma_divides_the_network_output_by_sigma_i(plain_model):
   x, index = _inputs()
   scaled = ScoreUNet(4, SIGMAS, 16, 3).build_for()
-  plain = ScoreUNet(4, SIGMAS, 16, 3, scale_by_sigma=False).build_for()
-  _randomise(scaled)
-  plain.set_weights(scaled.get_weights())
-  expected = np.asarray(plain(x, index)) / np.asarray(SIGMAS)[index][:, None, None, None]
+  scaled.set_weights(plain_model.get_weights())
+  expected = np.asarray(plain_model(x, index)) / np.asarray(SIGMAS)[index][:, None, None, None]
   np.testing.assert_allclose(np.asarray(scaled(x, index)), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_output_depends_on_the_level():
-  # The same image at two levels: the embedding must change the field itself,
+def test_output_depends_on_the_level(plain_model):
+  # The same image at every level: the embedding must change the field itself,
   # not only its 1/σ scale (scale_by_sigma off).
-  model = ScoreUNet(4, SIGMAS, 16, 3, scale_by_sigma=False).build_for()
-  _randomise(model)
   x, _ = _inputs(batch=1)
-  outputs = [np.asarray(model(x, np.array([i], np.int32))) for i in range(len(SIGMAS))]
+  x = np.repeat(x, len(SIGMAS), axis=0)
+  both = np.asarray(plain_model(x, np.arange(len(SIGMAS), dtype=np.int32)))
+  outputs = list(both)
   for a, b in zip(outputs, outputs[1:]):
     assert np.abs(a - b).max() > 1e-3 * np.abs(a).max()
 
 
-def test_examples_are_independent():
+def test_examples_are_independent(plain_model):
   # GroupNorm statistics are per example: a batch gives each image's own output.
-  model = ScoreUNet(4, SIGMAS, 16, 3).build_for()
-  _randomise(model)
+  model = plain_model
   x, index = _inputs()
   batched = np.asarray(model(x, index))
   single = np.concatenate([np.asarray(model(x[i:i + 1], index[i:i + 1])) for i in range(len(x))])
