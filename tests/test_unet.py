@@ -99,8 +99,7 @@ def test_output_depends_on_the_level(plain_model):
   # not only its 1/σ scale (scale_by_sigma off).
   x, _ = _inputs(batch=1)
   x = np.repeat(x, len(SIGMAS), axis=0)
-  both = np.asarray(plain_model(x, np.arange(len(SIGMAS), dtype=np.int32)))
-  outputs = list(both)
+  outputs = list(np.asarray(plain_model(x, np.arange(len(SIGMAS), dtype=np.int32))))
   for a, b in zip(outputs, outputs[1:]):
     assert np.abs(a - b).max() > 1e-3 * np.abs(a).max()
 
