@@ -222,14 +222,6 @@ def run_stats(config: config_lib.Config) -> str:
 
 # --- samples -> metrics ----------------------------------------------------------
 
-def to_unit_range(x, data: config_lib.DataConfig) -> np.ndarray:
-  """Sampler output -> images in [0, 1] (inverse logit transform, then clip)."""
-  if data.logit_transform:
-    from ncsn_tf.data import images
-    x = images.inverse_logit_transform(x)
-  return np.clip(np.asarray(x, np.float32), 0.0, 1.0)
-
-
 class ImageEvaluator:
   """Held-out loss and IS/FID/KID of the weights currently in `model`.
 
@@ -267,7 +259,8 @@ class ImageEvaluator:
     for raw in self._sample_batches(num):
       bad = ~np.all(np.isfinite(raw.reshape(len(raw), -1)), axis=1)
       nonfinite += int(bad.sum())
-      images = to_unit_range(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), self.config.data)
+      finite = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+      images = data_lib.to_unit_range(finite, self.config.data)
       if len(grid) < GRID_SAMPLES:
         grid.extend(images[:GRID_SAMPLES - len(grid)])
       acc.add(*self.extractor(images))

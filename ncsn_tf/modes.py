@@ -9,6 +9,7 @@ export  -> <export_dir>/<version>/ SavedModel
 experiment -> the score-matching lab's figures and tables (ncsn_tf/experiments.py)
 """
 
+import json
 import os
 
 import numpy as np
@@ -17,6 +18,7 @@ from absl import logging
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import export as export_lib
+from ncsn_tf import metrics_file
 from ncsn_tf import plots
 from ncsn_tf import train_lib
 from ncsn_tf import data as data_lib
@@ -78,8 +80,9 @@ def image_snapshot_hook(config: config_lib.Config):
     step = int(state.step.numpy())
     samples, trajectory = draw_samples(config, state.ema_model, state.sigmas, num=num,
                                        seed=config.seed + step, show_progress=False)
+    samples, trajectory = (data_lib.to_unit_range(x, config.data) for x in (samples, trajectory))
     with writer.as_default(step=step):
-      tf.summary.image('samples', plots.image_grid(np.clip(samples, 0, 1))[None], step=step)
+      tf.summary.image('samples', plots.image_grid(samples)[None], step=step)
       tf.summary.image('langevin_chain', chain_strip(trajectory)[None], step=step)
     writer.flush()
 
@@ -103,12 +106,42 @@ def run_sample(config: config_lib.Config, state=None) -> str:
     plots.save_figure(plots.samples_figure(frames, radius, 'annealed Langevin chain'),
                       os.path.join(out_dir, 'chain.png'))
   else:
-    images = np.clip(samples, 0, 1)
+    images = data_lib.to_unit_range(samples, config.data)
     plots.save_png(plots.image_grid(images[:64]), os.path.join(out_dir, 'samples.png'))
-    frames = [plots.image_grid(np.clip(t[:64], 0, 1)) for t in trajectory]
+    frames = [plots.image_grid(data_lib.to_unit_range(t[:64], config.data)) for t in trajectory]
     plots.save_gif(frames, os.path.join(out_dir, 'chain.gif'))
+    if config.data.dataset == 'shapes':
+      write_shape_fit(images, config.data.image_size, out_dir)
   logging.info('wrote %d samples to %s', len(samples), out_dir)
   return out_dir
+
+
+def write_shape_fit(images, image_size: int, out_dir: str) -> dict:
+  """Shapes only: how many sample objects are a clean disc, square or triangle.
+
+  Compares the samples (float [N, S, S, 3] in [0, 1]) with as many test images
+  (at most 256) by ncsn_tf.metrics.shape_fit; writes <out_dir>/shape_fit.json
+  and logs one line. Returns the JSON's dict.
+  """
+  from ncsn_tf.data import shapes
+  from ncsn_tf.metrics import shape_fit
+  reference = shapes.shapes_split_images('test', image_size=image_size,
+                                         num_images=min(len(images), 256)) / 255.0
+  result = {'iou_threshold': shape_fit.IOU_THRESHOLD, 'samples': shape_fit.shape_fit(images),
+            'test_images': shape_fit.shape_fit(reference)}
+  ours, data = result['samples'], result['test_images']
+  logging.info('shape fit: %.0f%% of %d sample objects are a disc, square or triangle '
+               '(IoU >= %g; %d empty samples); %.0f%% of %d objects in as many test images',
+               100 * ours['fit_rate'], ours['objects'], shape_fit.IOU_THRESHOLD,
+               ours['empty_images'], 100 * data['fit_rate'], data['objects'])
+  for summary in (ours, data):  # No objects at all gives NaN; JSON gets null, not NaN.
+    for key in ('fit_rate', 'median_iou'):
+      summary[key] = metrics_file.json_floats([summary[key]])[0]
+  path = os.path.join(out_dir, 'shape_fit.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+  return result
 
 
 def run_eval(config: config_lib.Config, state=None) -> dict:

@@ -1,6 +1,7 @@
 """The image path end to end: paper flagfiles under tfds mock data, the shapes CLI,
 inpainting, and the image SavedModel signatures in a fresh process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from conftest import REPO_ROOT
 from ncsn_tf import flags as ncsn_flags
+from ncsn_tf import plots
 from ncsn_tf import train_lib
 from ncsn_tf.sampling import inpainting
 from test_cli import run_cli
@@ -129,6 +131,10 @@ def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
   samples = np.load(workdir / 'samples' / 'samples.npz')
   assert samples['samples'].shape == (8, 16, 16, 3)
   assert samples['trajectory'].shape == (4, 8, 16, 16, 3)
+  with open(workdir / 'samples' / 'shape_fit.json') as f:
+    fit = json.load(f)
+  for images in ('samples', 'test_images'):  # 8 of each: every image has an object or is empty.
+    assert fit[images]['objects'] + fit[images]['empty_images'] >= 8, fit
   from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(str(workdir / 'tensorboard'),
                                            size_guidance={event_accumulator.TENSORS: 0})
@@ -164,3 +170,23 @@ def test_snapshot_samples_reuse_one_trace_of_the_sampler(tmp_path):
                                   show_progress=False))
   assert langevin.annealed_langevin_dynamics.experimental_get_tracing_count() == traces
   assert draws[0][0].shape == (2, 16, 16, 3) and not np.allclose(draws[0][0], draws[1][0])
+
+
+def test_pictures_of_logit_space_samples_show_the_images(tmp_path):
+  # With --logit_transform the sampler works in logit space; the grid must show
+  # inverse_logit(samples), not the logits clipped to [0, 1] (black and white).
+  import types
+  from ncsn_tf import modes
+  from ncsn_tf.data import images
+  config = config_from_flagfile('mnist', '--logit_transform=true', '--image_size=16',
+                                '--num_scales=2', '--n_steps_each=1', '--num_samples=4',
+                                '--sample_batch_size=4', '--num_snapshots=2',
+                                f'--workdir={tmp_path}')
+  # The exact score of a standard normal in logit space: samples spread over ±2.
+  state = types.SimpleNamespace(ema_model=lambda x, i: -x, sigmas=np.array([1.0, 0.5]))
+  out_dir = modes.run_sample(config, state)
+  samples = np.load(os.path.join(out_dir, 'samples.npz'))['samples']
+  assert np.abs(samples).max() > 1.0  # Outside [0, 1]: clipping alone would be wrong.
+  expected = plots.image_grid(images.inverse_logit_transform(samples).numpy())
+  png = tf.io.decode_png(tf.io.read_file(os.path.join(out_dir, 'samples.png'))).numpy()
+  np.testing.assert_array_equal(png, expected)

@@ -5,6 +5,7 @@
 it yields per-replica batches float32 [batch / replicas, *data_shape(...)].
 """
 
+import numpy as np
 import tensorflow as tf
 
 from ncsn_tf import config as config_lib
@@ -17,6 +18,18 @@ def data_shape(data: config_lib.DataConfig) -> tuple:
     return (toy.get_toy(data.dataset).dim,)
   from ncsn_tf.data import images  # Images pull in tfds; toys should not.
   return tuple(images.native_shape(data.dataset, data.image_size))
+
+
+def to_unit_range(x, data: config_lib.DataConfig) -> np.ndarray:
+  """Sampler output (data space) -> images float32 in [0, 1] for pictures and metrics.
+
+  Undoes --logit_transform (samples then live in logit space, where clipping to
+  [0, 1] alone would show every pixel as black or white), then clips.
+  """
+  if data.logit_transform:
+    from ncsn_tf.data import images  # Images pull in tfds; toys should not.
+    x = images.inverse_logit_transform(np.asarray(x, np.float32)).numpy()
+  return np.clip(np.asarray(x, np.float32), 0.0, 1.0)
 
 
 def dataset_fn(config: config_lib.Config, *, split: str = 'train', shuffle: bool = True,

@@ -150,7 +150,7 @@ def _rasterise(params: dict, size: int, antialias: bool) -> np.ndarray:
     dy = coords[None, :, None] - params['centre'][:, slot, 0, None, None]
     dx = coords[None, None, :] - params['centre'][:, slot, 1, None, None]
     half = params['half'][:, slot, None, None]
-    distance = _signed_distance(params['kind'][:, slot, None, None], dx, dy, half)
+    distance = signed_distance(params['kind'][:, slot, None, None], dx, dy, half)
     if antialias:
       # A one-pixel ramp across the edge approximates the pixel's area coverage.
       coverage = np.clip(0.5 - distance, 0.0, 1.0)
@@ -163,8 +163,12 @@ def _rasterise(params: dict, size: int, antialias: bool) -> np.ndarray:
   return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def _signed_distance(kind, dx, dy, half):
+def signed_distance(kind, dx, dy, half):
   """Signed distance (pixels, negative inside) to a disc, square or triangle.
+
+  Args (numpy, broadcast together): kind (DISC, SQUARE or TRIANGLE), dx and dy
+  (pixel offsets from the shape centre, y down), half (the shape's half-size:
+  disc radius, square half-side / 0.8, triangle circumradius).
 
   The square and triangle use the max-of-half-planes form, exact inside and within a
   pixel of the boundary, which is all the anti-aliasing ramp needs.
