@@ -22,8 +22,9 @@ demo: $(STAMP)
 
 # Test processes run side by side (pytest-xdist). Most of a test's time is spent
 # tracing TensorFlow graphs, one Python thread, so two processes on two cores
-# take about two thirds of the serial time (8:18 against 12:30). Each process holds its own TensorFlow and
-# models; raise the count on a bigger machine: make test TEST_WORKERS=8.
+# take about two thirds of the serial time (8:18 against 12:30). Each process
+# holds its own TensorFlow and models; raise the count on a bigger machine:
+# make test TEST_WORKERS=8.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)

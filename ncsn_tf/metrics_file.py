@@ -1,7 +1,8 @@
 """<workdir>/metrics.json: the one place that reads and writes it.
 
 Writes go to a temporary file that is renamed into place, so a reader (or a
-killed run) never sees half a file.
+killed run) never sees half a file; `write_json` does the same for other JSON
+outputs (samples/shape_fit.json).
 """
 
 import json
@@ -27,10 +28,14 @@ def json_floats(values) -> list:
   return [float(v) if math.isfinite(float(v)) else None for v in values]
 
 
-def write_metrics(workdir: str, payload: dict):
-  """Replaces <workdir>/metrics.json with `payload`, atomically."""
-  path = metrics_path(workdir)
+def write_json(path: str, payload: dict):
+  """Replaces the JSON file at `path` with `payload`, atomically."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(payload, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def write_metrics(workdir: str, payload: dict):
+  """Replaces <workdir>/metrics.json with `payload`, atomically."""
+  write_json(metrics_path(workdir), payload)

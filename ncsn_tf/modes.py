@@ -9,7 +9,6 @@ export  -> <export_dir>/<version>/ SavedModel
 experiment -> the score-matching lab's figures and tables (ncsn_tf/experiments.py)
 """
 
-import json
 import os
 
 import numpy as np
@@ -137,10 +136,7 @@ def write_shape_fit(images, image_size: int, out_dir: str) -> dict:
   for summary in (ours, data):  # No objects at all gives NaN; JSON gets null, not NaN.
     for key in ('fit_rate', 'median_iou'):
       summary[key] = metrics_file.json_floats([summary[key]])[0]
-  path = os.path.join(out_dir, 'shape_fit.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  metrics_file.write_json(os.path.join(out_dir, 'shape_fit.json'), result)
   return result
 
 
