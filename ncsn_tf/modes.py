@@ -129,12 +129,13 @@ def write_shape_fit(images, image_size: int, out_dir: str) -> dict:
   result = {'iou_threshold': shape_fit.IOU_THRESHOLD, 'samples': shape_fit.shape_fit(images),
             'test_images': shape_fit.shape_fit(reference)}
   ours, data = result['samples'], result['test_images']
-  logging.info('shape fit: %.0f%% of %d sample objects are a disc, square or triangle '
-               '(IoU >= %g; %d empty samples); %.0f%% of %d objects in as many test images',
-               100 * ours['fit_rate'], ours['objects'], shape_fit.IOU_THRESHOLD,
-               ours['empty_images'], 100 * data['fit_rate'], data['objects'])
+  logging.info('shape fit: %.0f%% ± %.0f%% of %d sample objects are a disc, square or '
+               'triangle (IoU >= %g; %d empty samples); %.0f%% of %d objects in as many '
+               'test images', 100 * ours['fit_rate'], 100 * ours['fit_rate_stderr'],
+               ours['objects'], shape_fit.IOU_THRESHOLD, ours['empty_images'],
+               100 * data['fit_rate'], data['objects'])
   for summary in (ours, data):  # No objects at all gives NaN; JSON gets null, not NaN.
-    for key in ('fit_rate', 'median_iou'):
+    for key in ('fit_rate', 'fit_rate_stderr', 'median_iou'):
       summary[key] = metrics_file.json_floats([summary[key]])[0]
   metrics_file.write_json(os.path.join(out_dir, 'shape_fit.json'), result)
   return result

@@ -123,6 +123,34 @@ def test_training_images_fit_unless_their_shapes_overlap():
   assert min(fitted.values()) > 0.2 * sum(fitted.values()), fitted
 
 
+def test_fit_rate_stderr_is_the_binomial_error_with_one_object_per_image():
+  # One object per image: the images' ratio variance reduces to R(1 − R)/(m − 1).
+  fitted = np.array([1, 0, 1, 1, 0, 1, 1, 0, 1, 1], np.float64)
+  rate = fitted.mean()
+  assert shape_fit.fit_rate_stderr(np.ones(10), fitted) == pytest.approx(
+      np.sqrt(rate * (1 - rate) / 9), rel=1e-12)
+  assert np.isnan(shape_fit.fit_rate_stderr([3], [1]))  # One image: no spread.
+  assert np.isnan(shape_fit.fit_rate_stderr([0, 0], [0, 0]))
+
+
+def test_fit_rate_stderr_matches_a_bootstrap_over_images():
+  # Images with 1-3 objects whose fits go together (a whole image fits or fails
+  # more often than chance): the error must follow the images, not the objects.
+  rng = np.random.default_rng(5)
+  objects = rng.integers(1, 4, 400).astype(np.float64)
+  good = rng.random(400) < 0.4
+  fitted = np.where(good, objects, rng.binomial(objects.astype(int), 0.1)).astype(np.float64)
+  stderr = shape_fit.fit_rate_stderr(objects, fitted)
+  draws = rng.integers(0, 400, (4000, 400))  # Resampled images.
+  rates = fitted[draws].sum(1) / objects[draws].sum(1)
+  # 4000 bootstrap draws estimate a standard deviation to about 1/√8000 = 1.1%;
+  # the delta method and the bootstrap agree to O(1/m) besides.
+  assert stderr == pytest.approx(rates.std(), rel=0.06)
+  # Counting objects as independent would understate it here.
+  rate = fitted.sum() / objects.sum()
+  assert np.sqrt(rate * (1 - rate) / objects.sum()) < 0.8 * stderr
+
+
 def test_bad_input_is_rejected():
   with pytest.raises(ValueError, match=r'\[N, S, S, 3\]'):
     shape_fit.shape_fit(np.zeros((2, 8, 8)))
@@ -140,6 +168,8 @@ def test_sample_mode_writes_the_fit_of_the_samples_beside_the_data(tmp_path):
   # are the samples' first 6.
   assert written['test_images']['objects'] >= written['samples']['objects'] > 0
   assert written['samples']['empty_images'] == 3 and written['iou_threshold'] == 0.85
+  assert 0 <= written['samples']['fit_rate_stderr'] < 0.5
   modes.write_shape_fit(flat, 16, str(tmp_path))
   with open(tmp_path / 'shape_fit.json') as f:
-    assert json.load(f)['samples']['fit_rate'] is None  # No objects: null, not NaN.
+    empty = json.load(f)['samples']
+  assert empty['fit_rate'] is None and empty['fit_rate_stderr'] is None  # null, not NaN.

@@ -118,7 +118,8 @@ def shape_fit(images, *, iou_threshold: float = IOU_THRESHOLD, threshold: float 
   """Summary of the object fits of images [N, S, S, 3] in [0, 1].
 
   Returns a dict: 'fit_rate' (share of objects whose IoU >= iou_threshold;
-  NaN if there are none), 'median_iou', 'objects' (count), 'empty_images'
+  NaN if there are none), 'fit_rate_stderr' (its standard error, see
+  `fit_rate_stderr`), 'median_iou', 'objects' (count), 'empty_images'
   (images without any object), and 'fitted_kinds' (the fitted objects per
   kind name).
   """
@@ -126,18 +127,45 @@ def shape_fit(images, *, iou_threshold: float = IOU_THRESHOLD, threshold: float 
   if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
     raise ValueError(f'shape_fit expects square RGB images [N, S, S, 3], got {images.shape}.')
   ious, kinds, empty = [], [], 0
+  per_image = []  # (objects, fitted objects) of each image, for the standard error.
   for image in images:
     fits = object_fits(image, threshold=threshold, min_pixels=min_pixels)
     empty += not fits
+    per_image.append((len(fits), sum(iou >= iou_threshold for iou, _ in fits)))
     for iou, kind in fits:
       ious.append(iou)
       kinds.append(kind)
   ious, kinds = np.array(ious), np.array(kinds, np.int64)
   fitted = kinds[ious >= iou_threshold]
+  objects_per_image, fitted_per_image = np.array(per_image, np.float64).reshape(-1, 2).T
   return {
       'fit_rate': float(np.mean(ious >= iou_threshold)) if len(ious) else float('nan'),
+      'fit_rate_stderr': fit_rate_stderr(objects_per_image, fitted_per_image),
       'median_iou': float(np.median(ious)) if len(ious) else float('nan'),
       'objects': int(len(ious)),
       'empty_images': int(empty),
       'fitted_kinds': {name: int(np.sum(fitted == k)) for k, name in enumerate(KIND_NAMES)},
   }
+
+
+def fit_rate_stderr(objects, fitted) -> float:
+  """Standard error of the fit rate Σ fitted / Σ objects over images.
+
+  Objects of one image are not independent draws (one sample's failure tends to
+  spoil all of its objects), so the images are the independent units: the
+  linearised (delta-method) variance of a ratio of image totals,
+  m/(m − 1) · Σ_j (f_j − R·n_j)² / (Σ_j n_j)², for m images with n_j objects of
+  which f_j fit and R = Σ f / Σ n. With one object per image it is
+  √(R(1 − R)/(m − 1)), the binomial error. NaN with fewer than two images or no
+  objects.
+
+  Args:
+    objects: float [m], objects per image (n_j >= 0).
+    fitted: float [m], fitted objects per image (0 <= f_j <= n_j).
+  """
+  objects, fitted = np.asarray(objects, np.float64), np.asarray(fitted, np.float64)
+  m, total = len(objects), objects.sum()
+  if m < 2 or total == 0:
+    return float('nan')
+  rate = fitted.sum() / total
+  return float(np.sqrt(m / (m - 1) * np.sum((fitted - rate * objects)**2)) / total)
