@@ -126,24 +126,20 @@ def shape_fit(images, *, iou_threshold: float = IOU_THRESHOLD, threshold: float 
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
     raise ValueError(f'shape_fit expects square RGB images [N, S, S, 3], got {images.shape}.')
-  ious, kinds, empty = [], [], 0
-  per_image = []  # (objects, fitted objects) of each image, for the standard error.
-  for image in images:
-    fits = object_fits(image, threshold=threshold, min_pixels=min_pixels)
-    empty += not fits
-    per_image.append((len(fits), sum(iou >= iou_threshold for iou, _ in fits)))
-    for iou, kind in fits:
-      ious.append(iou)
-      kinds.append(kind)
-  ious, kinds = np.array(ious), np.array(kinds, np.int64)
+  per_image = [object_fits(image, threshold=threshold, min_pixels=min_pixels)
+               for image in images]
+  ious = np.array([iou for fits in per_image for iou, _ in fits])
+  kinds = np.array([kind for fits in per_image for _, kind in fits], np.int64)
+  objects = np.array([len(fits) for fits in per_image])
+  fitted_per_image = np.array([sum(iou >= iou_threshold for iou, _ in fits)
+                               for fits in per_image])
   fitted = kinds[ious >= iou_threshold]
-  objects_per_image, fitted_per_image = np.array(per_image, np.float64).reshape(-1, 2).T
   return {
       'fit_rate': float(np.mean(ious >= iou_threshold)) if len(ious) else float('nan'),
-      'fit_rate_stderr': fit_rate_stderr(objects_per_image, fitted_per_image),
+      'fit_rate_stderr': fit_rate_stderr(objects, fitted_per_image),
       'median_iou': float(np.median(ious)) if len(ious) else float('nan'),
       'objects': int(len(ious)),
-      'empty_images': int(empty),
+      'empty_images': int(np.sum(objects == 0)),
       'fitted_kinds': {name: int(np.sum(fitted == k)) for k, name in enumerate(KIND_NAMES)},
   }
 
