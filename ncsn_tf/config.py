@@ -34,6 +34,8 @@ LR_SCHEDULES = ('constant', 'cosine')
 LEVEL_SAMPLINGS = ('uniform', 'lognormal')
 #: --preconditioning values: how the RefineNet's output becomes the score.
 PRECONDITIONINGS = ('none', 'edm')
+#: --unet_norm values (models/unet.py NORMS): GroupNorm, or none with a unit-scale input.
+UNET_NORMS = ('group', 'none')
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,7 @@ class ModelConfig:
   conditional_norm: bool = True     # --conditional_norm: per-level CIN++ rows (RefineNet)
   preconditioning: str = 'none'     # --preconditioning: none | edm (RefineNet; Karras et al. 2022)
   sigma_data: float = 0.25          # --sigma_data: data std for edm, in the data's units
+  unet_norm: str = 'group'          # --unet_norm: group | none (U-Net normalisation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +271,10 @@ def _validate_model(model: ModelConfig, data: DataConfig):
     _require(model.scale_by_sigma or model.preconditioning == 'edm', 'conditional_norm',
              'false needs --scale_by_sigma or --preconditioning=edm: with shared '
              'normalizers only the output scaling tells the noise levels apart')
+  # Checked for every model, used by the U-Net only (as --ngf is shared), so a
+  # flagfile that sets it can be rerun with --model=refinenet.
+  _require(model.unet_norm in UNET_NORMS, 'unet_norm',
+           f'must be one of {", ".join(UNET_NORMS)}, got {model.unet_norm!r}')
   _require(model.preconditioning in PRECONDITIONINGS, 'preconditioning',
            f'must be one of {", ".join(PRECONDITIONINGS)}, got {model.preconditioning!r}')
   if model.preconditioning == 'edm':
@@ -385,10 +392,12 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 def resume_mismatches(saved: dict, config: Config) -> list[str]:
   """'field: saved -> new' for each model/data/training field that differs.
 
-  `saved` is a workdir's config.json; fields it lacks (written by an older
-  version) are not compared.
+  `saved` is a workdir's config.json. A field it lacks was added after that
+  workdir was written, and its default is the behaviour from before it existed
+  (a U-Net without --unet_norm had GroupNorm), so the default stands in for it.
   """
-  old, new = _flatten(saved), _flatten(config.to_dict())
+  old = {**_flatten(Config().to_dict()), **_flatten(saved)}
+  new = _flatten(config.to_dict())
   def flag(key):
     return 'model' if key == 'model.name' else key.split('.')[-1]
   return [f'--{flag(key)} {old[key]!r} -> {new[key]!r}' for key in sorted(new)

@@ -30,8 +30,10 @@ def resolve(precision: str, model_name: str) -> str:
     step 1.7-1.8x faster than float32 (b=8 to 64); XLA (--jit_compile) was slower.
   * RefineNet on GPU: mixed_float16 (tensor cores; not measured here, no GPU).
   * The U-Net follows the RefineNet. At width 16, 32x32, batch 16 its CPU
-    training step was a tie (148 ms mixed_bfloat16, 150 ms float32, medians of
-    five alternating fresh processes); wider U-Nets were not measured.
+    training step was a tie with GroupNorm (148 ms mixed_bfloat16, 150 ms
+    float32, medians of five alternating fresh processes) and 1.2x faster in
+    bfloat16 without it, as in shapes.cfg (78 and 76 against 93 and 89 ms, two
+    alternating pairs); wider U-Nets were not measured.
   """
   if precision != 'auto':
     return precision

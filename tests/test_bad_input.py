@@ -48,6 +48,8 @@ TWO_WORKERS = json.dumps({'cluster': {'worker': ['127.0.0.1:1', '127.0.0.1:2']},
     ({'data': {'dataset': 'shapes', 'image_size': 28}, 'model': {'name': 'unet'}}, None,
      '--image_size: --model=unet needs a multiple of 8, got 28'),
     ({'model': {'name': 'unet'}}, None, '--model: toy datasets use --model=mlp'),
+    ({'data': {'dataset': 'shapes'}, 'model': {'name': 'unet', 'unet_norm': 'batch'}}, None,
+     "--unet_norm: must be one of group, none, got 'batch'"),
     ({'train': {'loss': 'esm'}, **SHAPES}, None, '--loss: esm needs the exact score'),
     ({**SHAPES, 'model': {'name': 'refinenet', 'conditional_norm': False, 'scale_by_sigma': False}},
      None, '--conditional_norm: false needs --scale_by_sigma'),
@@ -164,6 +166,19 @@ def test_cli_refuses_to_resume_a_different_model_and_loses_nothing(tmp_path):
   assert {name: os.path.getmtime(workdir / name) for name in before} == before
   assert json.loads((workdir / 'config.json').read_text())['model']['ngf'] == 8
   assert tf.train.latest_checkpoint(str(workdir / 'checkpoints')).endswith('ckpt-2')
+
+
+def test_resume_check_takes_a_field_missing_from_an_older_config_json_as_its_default(tmp_path):
+  # A workdir written before --unet_norm existed trained a U-Net with GroupNorm.
+  # Restoring it into the norm-free network would load the convolutions and
+  # silently drop the GroupNorm weights, so the check must name the change.
+  config = config_lib.Config(name='t', workdir=str(tmp_path), model=config_lib.ModelConfig(
+      name='unet'))
+  saved = json.loads(config.to_json())
+  del saved['model']['unet_norm']
+  assert config_lib.resume_mismatches(saved, config) == []
+  norm_free = config.replace(model={'unet_norm': 'none'})
+  assert config_lib.resume_mismatches(saved, norm_free) == ["--unet_norm 'group' -> 'none'"]
 
 
 # --- image folders -----------------------------------------------------------------

@@ -8,7 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from ncsn_tf.models.unet import ScoreUNet, group_count
+from ncsn_tf import config as config_lib
+from ncsn_tf import sigmas as sigmas_lib
+from ncsn_tf.data import shapes
+from ncsn_tf.models.unet import NORMS, ScoreUNet, group_count, input_scale
 
 SIGMAS = [5.0, 1.0, 0.2, 0.04]
 
@@ -34,11 +37,11 @@ def plain_model():
   return model
 
 
-def _expected_parameters(ngf, channels, mults=(1, 2, 2, 2), blocks=2):
+def _expected_parameters(ngf, channels, mults=(1, 2, 2, 2), blocks=2, group_norm=True):
   """The layout of the module docstring, counted by hand."""
   conv = lambda k, cin, cout: k * k * cin * cout + cout
   dense = lambda cin, cout: cin * cout + cout
-  norm = lambda c: 2 * c
+  norm = lambda c: 2 * c if group_norm else 0  # GroupNorm's γ and β
   embed = 4 * ngf
 
   def block(cin, cout):
@@ -70,8 +73,50 @@ def test_parameter_count_follows_the_layout(ngf, image_size, channels):
   assert model.count_params() == _expected_parameters(ngf, channels)
 
 
+def test_parameter_count_without_normalisation_follows_the_layout():
+  model = ScoreUNet(16, SIGMAS, 32, 3, norm='none').build_for()
+  assert model.count_params() == _expected_parameters(16, 3, group_norm=False)
+  assert not any(isinstance(layer, keras.layers.GroupNormalization)
+                 for layer in model._flatten_layers())
+
+
+def test_config_knows_the_same_norms():
+  # config.py stays free of Keras, so it keeps its own copy of the choices.
+  assert config_lib.UNET_NORMS == NORMS
+
+
+def test_without_normalisation_the_stem_sees_the_input_scaled_per_level():
+  model = ScoreUNet(4, SIGMAS, 16, 3, norm='none').build_for()
+  seen = []
+  stem_call = model.stem.call
+  model.stem.call = lambda inputs: (seen.append(np.asarray(inputs)), stem_call(inputs))[1]
+  x, index = _inputs()
+  model(x, index)
+  expected = (2.0 * x - 1.0) / np.sqrt(1.0 + 4.0 * np.asarray(SIGMAS)[index] ** 2)[:, None, None, None]
+  np.testing.assert_allclose(seen[0], expected, rtol=1e-6)
+
+
+def test_input_scale_gives_noisy_shapes_about_unit_variance_at_every_level():
+  # The claim behind norm='none': c_in(σ)·(2x̃ − 1), x̃ = x + σz, has about unit
+  # variance from σ_1 = 50 down to 0.01. Closed form: (v + 4σ²) / (1 + 4σ²) with
+  # v = Var(2x − 1) of the images. 786k values per level put the sampling error
+  # of each std near 0.1%, so 1% is the tolerance.
+  rng = np.random.default_rng(0)
+  x = shapes.shapes_images(256, 32, seed=1).astype(np.float32) / 255.0
+  data_variance = float(np.var(2.0 * x - 1.0))
+  assert 0.5 < data_variance < 1.0  # flat light or dark backgrounds, mid-tone shapes
+  for sigma in sigmas_lib.geometric_sigmas(50.0, 0.01, 100)[::9]:
+    noisy = x + sigma * rng.normal(size=x.shape).astype(np.float32)
+    std = float(np.std((2.0 * noisy - 1.0) * np.asarray(input_scale(np.float32([sigma])))))
+    expected = np.sqrt((data_variance + 4.0 * sigma ** 2) / (1.0 + 4.0 * sigma ** 2))
+    assert std == pytest.approx(expected, rel=1e-2), sigma
+    assert np.sqrt(data_variance) - 1e-2 < std < 1.0 + 1e-2
+
+
 def test_shapes_cfg_width_has_the_documented_size():
-  # The README quotes this size for tf_configs/shapes.cfg (ngf 16, 32x32x3).
+  # The README quotes these sizes for tf_configs/shapes.cfg's network (ngf 16,
+  # 32x32x3, --unet_norm=none) and for the same with GroupNorm.
+  assert ScoreUNet(16, SIGMAS, 32, 3, norm='none').build_for().count_params() == 515_603
   assert ScoreUNet(16, SIGMAS, 32, 3).build_for().count_params() == 518_771
 
 
@@ -79,9 +124,10 @@ def test_group_count():
   assert [group_count(c) for c in (1, 4, 8, 16, 32, 64)] == [1, 1, 2, 4, 8, 8]
 
 
-def test_starts_as_zero_score_with_float32_output():
+@pytest.mark.parametrize('norm', ['group', 'none'])
+def test_starts_as_zero_score_with_float32_output(norm):
   x, index = _inputs()
-  score = ScoreUNet(4, SIGMAS, 16, 3).build_for()(x, index)
+  score = ScoreUNet(4, SIGMAS, 16, 3, norm=norm).build_for()(x, index)
   assert score.shape == x.shape and score.dtype == 'float32'
   assert np.all(np.asarray(score) == 0.0)  # zero-initialised output conv
 
@@ -113,8 +159,9 @@ def test_examples_are_independent(plain_model):
   np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
 
 
-def test_config_round_trip_rebuilds_the_same_network():
-  model = ScoreUNet(4, SIGMAS, 16, 1, logit_transform=True).build_for()
+@pytest.mark.parametrize('norm', ['group', 'none'])
+def test_config_round_trip_rebuilds_the_same_network(norm):
+  model = ScoreUNet(4, SIGMAS, 16, 1, logit_transform=True, norm=norm).build_for()
   _randomise(model)
   clone = ScoreUNet.from_config(model.get_config()).build_for()
   clone.set_weights(model.get_weights())
@@ -139,6 +186,7 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_returns_float32():
     (dict(image_size=20), 'image_size must be divisible by 8'),
     (dict(image_size=18, channel_mults=(1, 2, 2)), 'image_size must be divisible by 4'),
     (dict(sigmas=[1.0, 0.0]), 'sigmas must be a non-empty list of positive floats'),
+    (dict(norm='batch'), "norm must be one of group, none, got 'batch'"),
 ])
 def test_bad_arguments_are_rejected(kwargs, message):
   arguments = {**dict(ngf=4, sigmas=SIGMAS, image_size=16, channels=3), **kwargs}
