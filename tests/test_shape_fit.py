@@ -151,6 +151,12 @@ def test_fit_rate_stderr_matches_a_bootstrap_over_images():
   assert np.sqrt(rate * (1 - rate) / objects.sum()) < 0.8 * stderr
 
 
+def test_no_images_give_an_empty_summary_not_an_error():
+  summary = shape_fit.shape_fit(np.zeros((0, 16, 16, 3), np.float32))
+  assert summary['objects'] == 0 and summary['empty_images'] == 0
+  assert np.isnan(summary['fit_rate']) and np.isnan(summary['fit_rate_stderr'])
+
+
 def test_bad_input_is_rejected():
   with pytest.raises(ValueError, match=r'\[N, S, S, 3\]'):
     shape_fit.shape_fit(np.zeros((2, 8, 8)))

@@ -130,12 +130,14 @@ def shape_fit(images, *, iou_threshold: float = IOU_THRESHOLD, threshold: float 
                for image in images]
   ious = np.array([iou for fits in per_image for iou, _ in fits])
   kinds = np.array([kind for fits in per_image for _, kind in fits], np.int64)
-  objects = np.array([len(fits) for fits in per_image])
-  fitted_per_image = np.array([sum(iou >= iou_threshold for iou, _ in fits)
-                               for fits in per_image])
-  fitted = kinds[ious >= iou_threshold]
+  objects = np.array([len(fits) for fits in per_image], np.int64)
+  # One fit decision per object; per-image counts and kinds are derived from it.
+  is_fit = ious >= iou_threshold
+  image_of_object = np.repeat(np.arange(len(per_image)), objects)
+  fitted_per_image = np.bincount(image_of_object, weights=is_fit, minlength=len(per_image))
+  fitted = kinds[is_fit]
   return {
-      'fit_rate': float(np.mean(ious >= iou_threshold)) if len(ious) else float('nan'),
+      'fit_rate': float(np.mean(is_fit)) if len(ious) else float('nan'),
       'fit_rate_stderr': fit_rate_stderr(objects, fitted_per_image),
       'median_iou': float(np.median(ious)) if len(ious) else float('nan'),
       'objects': int(len(ious)),
