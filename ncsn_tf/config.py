@@ -32,7 +32,7 @@ STRATEGIES = ('auto', 'mirrored', 'multi_worker')
 LR_SCHEDULES = ('constant', 'cosine')
 #: --level_sampling values: how training draws each example's noise level.
 LEVEL_SAMPLINGS = ('uniform', 'lognormal')
-#: --preconditioning values: how the RefineNet's output becomes the score.
+#: --preconditioning values: how the image network's output becomes the score.
 PRECONDITIONINGS = ('none', 'edm')
 #: --unet_norm values (models/unet.py NORMS): GroupNorm, or none with a unit-scale input.
 UNET_NORMS = ('group', 'none')
@@ -66,7 +66,7 @@ class ModelConfig:
   num_layers: int = 3               # --num_layers: MLP hidden layers
   scale_by_sigma: bool = True       # --scale_by_sigma: score output divided by σ_i
   conditional_norm: bool = True     # --conditional_norm: per-level CIN++ rows (RefineNet)
-  preconditioning: str = 'none'     # --preconditioning: none | edm (RefineNet; Karras et al. 2022)
+  preconditioning: str = 'none'     # --preconditioning: none | edm (RefineNet, U-Net; Karras et al. 2022)
   sigma_data: float = 0.25          # --sigma_data: data std for edm, in the data's units
   unet_norm: str = 'group'          # --unet_norm: group | none (U-Net normalisation)
 
@@ -278,8 +278,8 @@ def _validate_model(model: ModelConfig, data: DataConfig):
   _require(model.preconditioning in PRECONDITIONINGS, 'preconditioning',
            f'must be one of {", ".join(PRECONDITIONINGS)}, got {model.preconditioning!r}')
   if model.preconditioning == 'edm':
-    _require(model.name == 'refinenet', 'preconditioning',
-             f'edm applies to --model=refinenet only, got {model.name!r}')
+    _require(model.name in ('refinenet', 'unet'), 'preconditioning',
+             f'edm applies to --model=refinenet or unet, got {model.name!r}')
     _require(not model.scale_by_sigma, 'preconditioning',
              'edm scales the output itself; pass --scale_by_sigma=false with it')
     _require(model.sigma_data > 0, 'sigma_data', f'must be > 0, got {model.sigma_data}')

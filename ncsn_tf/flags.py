@@ -51,7 +51,7 @@ flags.DEFINE_bool('conditional_norm', _M.conditional_norm,
                   'one shared InstanceNorm++ row, the level entering only through '
                   '--scale_by_sigma (NCSNv2) or --preconditioning=edm.')
 flags.DEFINE_string('preconditioning', _M.preconditioning,
-                    'RefineNet output: none (the network gives the score, or score·σ_i with '
+                    'RefineNet / U-Net output: none (the network gives the score, or score·σ_i with '
                     '--scale_by_sigma) or edm (Karras et al. 2022: a denoiser '
                     'D = c_skip·y + c_out·F(c_in·y); needs --scale_by_sigma=false).')
 flags.DEFINE_string('unet_norm', _M.unet_norm,

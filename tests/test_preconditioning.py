@@ -1,4 +1,7 @@
-"""EDM preconditioning of the RefineNet score (`sigma_data`, `--preconditioning=edm`).
+"""EDM preconditioning of the image scores (`sigma_data`, `--preconditioning=edm`).
+
+Both image networks take it: the RefineNet and the U-Net
+(`ncsn_tf.models.preconditioning`).
 
 Karras et al. 2022, table 1: in the network's centred space y, with σ and σ_d
 in y units, D(y) = c_skip·y + c_out·F(c_in·y) with c_in = 1/√(σ² + σ_d²),
@@ -16,6 +19,7 @@ from ncsn_tf import config as config_lib
 from ncsn_tf import models
 from ncsn_tf import train_lib
 from ncsn_tf.models.refinenet import CondRefineNetDilated
+from ncsn_tf.models.unet import ScoreUNet
 from test_image_training import TINY, config_from_flagfile
 
 LADDER = np.geomspace(50.0, 0.01, 10)
@@ -24,16 +28,31 @@ SIGMA_DATA = 0.3
 RTOL = 2e-5
 
 
-def _model(logit_transform=False, conditional_norm=True, seed=0):
+def _model(logit_transform=False, conditional_norm=True, seed=0, name='refinenet', norm='none'):
   keras.utils.set_random_seed(seed)
+  if name == 'unet':
+    return ScoreUNet(4, LADDER.tolist(), 16, 3, logit_transform=logit_transform,
+                     scale_by_sigma=False, norm=norm, sigma_data=SIGMA_DATA).build_for()
   return CondRefineNetDilated(4, len(LADDER), 16, 3, logit_transform=logit_transform,
                               output_sigmas=LADDER.tolist(), conditional_norm=conditional_norm,
                               sigma_data=SIGMA_DATA).build_for()
 
 
+def _output_layer(model):
+  return model.out_conv if isinstance(model, ScoreUNet) else model.end_conv
+
+
 def _set_output_layer(model, bias):
-  kernel, _ = model.end_conv.get_weights()
-  model.end_conv.set_weights([np.zeros_like(kernel), np.asarray(bias, np.float32)])
+  layer = _output_layer(model)
+  kernel, _ = layer.get_weights()
+  layer.set_weights([np.zeros_like(kernel), np.asarray(bias, np.float32)])
+
+
+def _randomise_output_layer(model, seed=0):
+  """A nonzero F: the U-Net's output convolution starts at zero."""
+  layer = _output_layer(model)
+  rng = np.random.default_rng(seed)
+  layer.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in layer.get_weights()])
 
 
 def _score(model, x, level):
@@ -41,12 +60,13 @@ def _score(model, x, level):
   return keras.ops.convert_to_numpy(model(x, labels))
 
 
+@pytest.mark.parametrize('name', ['refinenet', 'unet'])
 @pytest.mark.parametrize('logit_transform', [False, True])
-def test_a_zero_network_gives_the_exact_score_of_gaussian_data(logit_transform):
+def test_a_zero_network_gives_the_exact_score_of_gaussian_data(logit_transform, name):
   """F ≡ 0 leaves D = c_skip·y: the posterior mean of y ~ N(0, σ_d²), so the score
   must be the closed form for data N(centre, σ_d²) perturbed by N(0, σ²):
   −(x − centre)/(σ² + σ_d²), centre 0.5 for [0, 1] images and 0 for logits."""
-  model = _model(logit_transform)
+  model = _model(logit_transform, name=name)
   _set_output_layer(model, np.zeros(3))
   rng = np.random.default_rng(1)
   centre = 0.0 if logit_transform else 0.5
@@ -56,10 +76,11 @@ def test_a_zero_network_gives_the_exact_score_of_gaussian_data(logit_transform):
     np.testing.assert_allclose(_score(model, x, level), expected, rtol=RTOL, atol=1e-6)
 
 
-def test_the_network_output_enters_the_denoiser_scaled_by_c_out():
+@pytest.mark.parametrize('name', ['refinenet', 'unet'])
+def test_the_network_output_enters_the_denoiser_scaled_by_c_out(name):
   """A constant output F = b moves the denoiser by c_out·b, and c_out tends to σ_d
   (y units: 2σ_d) at large σ and to σ (2σ) at small σ."""
-  model = _model()
+  model = _model(name=name)
   bias = np.array([1.0, -0.5, 0.25], np.float32)
   _set_output_layer(model, bias)
   x = np.random.default_rng(2).random((2, 16, 16, 3)).astype(np.float32)
@@ -98,14 +119,45 @@ def test_the_network_sees_the_input_divided_by_its_total_scale():
     np.testing.assert_allclose(recovered_f(y_j, j), recovered_f(y_i, i), rtol=1e-3, atol=1e-3)
 
 
-def test_the_flags_build_a_preconditioned_model_that_round_trips(tmp_path):
+@pytest.mark.parametrize('norm', ['none', 'group'])
+def test_the_unet_stem_sees_the_input_divided_by_its_total_scale(norm):
+  """The U-Net's F is level-conditioned (its embedding), so the RefineNet's
+  invariance test does not apply; instead the stem must receive c_in·y =
+  (2x − 1)/√(4σ² + 4σ_d²), whichever the normalisation."""
+  model = _model(name='unet', norm=norm)
+  seen = []
+  stem_call = model.stem.call
+  model.stem.call = lambda inputs: (seen.append(np.asarray(inputs)), stem_call(inputs))[1]
+  x = np.random.default_rng(4).random((3, 16, 16, 3)).astype(np.float32)
+  levels = np.array([0, 5, 9], np.int32)
+  model(x, levels)
+  total = np.sqrt(4.0 * LADDER[levels]**2 + 4.0 * SIGMA_DATA**2)[:, None, None, None]
+  np.testing.assert_allclose(seen[0], (2.0 * x - 1.0) / total, rtol=1e-6)
+
+
+def test_the_untrained_unet_already_gives_the_gaussian_score():
+  # Its output convolution starts at zero, so no weights need setting: a
+  # preconditioned U-Net starts from the best Gaussian fit, not from score 0.
+  model = _model(name='unet')
+  x = np.random.default_rng(5).random((2, 16, 16, 3)).astype(np.float32)
+  for level in (0, 9):
+    expected = -(x - 0.5) / (LADDER[level]**2 + SIGMA_DATA**2)
+    np.testing.assert_allclose(_score(model, x, level), expected, rtol=RTOL, atol=1e-6)
+
+
+def _edm_config(tmp_path, name):
   config = config_lib.Config(workdir=str(tmp_path / 'w'),
                              export=config_lib.ExportConfig(str(tmp_path / 'e'))).replace(
       data={'dataset': 'shapes', 'image_size': 16},
-      model={'name': 'refinenet', 'ngf': 4, 'num_scales': 10, 'sigma_begin': 50.0,
+      model={'name': name, 'ngf': 4, 'num_scales': 10, 'sigma_begin': 50.0,
              'sigma_end': 0.01, 'scale_by_sigma': False, 'preconditioning': 'edm',
-             'sigma_data': SIGMA_DATA})
+             'sigma_data': SIGMA_DATA, 'unet_norm': 'none'})
   config_lib.validate(config)
+  return config
+
+
+def test_the_flags_build_a_preconditioned_model_that_round_trips(tmp_path):
+  config = _edm_config(tmp_path, 'refinenet')
   model = models.build_model(config, (16, 16, 3))
   assert model.sigma_data == SIGMA_DATA
   np.testing.assert_allclose(model.output_sigmas, LADDER, rtol=1e-6)
@@ -116,16 +168,40 @@ def test_the_flags_build_a_preconditioned_model_that_round_trips(tmp_path):
   assert plain.count_params() == model.count_params()  # The parameterisation adds no weights.
 
 
+def test_the_flags_build_a_preconditioned_unet_that_round_trips(tmp_path):
+  config = _edm_config(tmp_path, 'unet')
+  model = models.build_model(config, (16, 16, 3))
+  assert isinstance(model, ScoreUNet) and model.sigma_data == SIGMA_DATA
+  assert not model.scale_by_sigma
+  _randomise_output_layer(model)
+  clone = ScoreUNet.from_config(model.get_config()).build_for()
+  clone.set_weights(model.get_weights())
+  x = np.random.default_rng(6).random((2, 16, 16, 3)).astype(np.float32)
+  np.testing.assert_array_equal(_score(clone, x, 3), _score(model, x, 3))
+  plain = models.build_model(config.replace(model={'preconditioning': 'none',
+                                                   'scale_by_sigma': True}), (16, 16, 3))
+  assert plain.sigma_data is None
+  assert plain.count_params() == model.count_params()
+
+
 def test_sigma_data_needs_the_ladder():
   with pytest.raises(ValueError, match='needs a positive value and output_sigmas'):
     CondRefineNetDilated(4, 10, 16, 3, sigma_data=0.3)
 
 
-def test_shapes_trains_with_edm_from_the_command_line_flags(tmp_path):
-  # EDM preconditioning is a RefineNet option; shapes.cfg itself trains the U-Net.
+@pytest.mark.parametrize('kwargs', [dict(sigma_data=0.3), dict(sigma_data=0.0, scale_by_sigma=False)])
+def test_the_unet_refuses_sigma_data_with_the_1_over_sigma_output_or_nonpositive(kwargs):
+  with pytest.raises(ValueError, match='needs a positive value and scale_by_sigma=False'):
+    ScoreUNet(4, LADDER.tolist(), 16, 3, **kwargs)
+
+
+@pytest.mark.parametrize('model_flags', [
+    ('--model=refinenet', '--conditional_norm=false'),
+    ('--model=unet',),  # shapes.cfg's own network (no normalisation)
+])
+def test_shapes_trains_with_edm_from_the_command_line_flags(tmp_path, model_flags):
   config = config_from_flagfile('shapes', f'--workdir={tmp_path}/run', *TINY, '--image_size=16',
-                                '--model=refinenet', '--conditional_norm=false',
-                                '--preconditioning=edm', '--scale_by_sigma=false',
+                                *model_flags, '--preconditioning=edm', '--scale_by_sigma=false',
                                 '--sigma_data=0.385')
   assert config.model.preconditioning == 'edm' and config.model.sigma_data == 0.385
   state = train_lib.train(config)

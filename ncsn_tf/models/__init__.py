@@ -39,5 +39,6 @@ def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
     return ScoreUNet(ngf=m.ngf, sigmas=sigmas.tolist(), image_size=height, channels=channels,
                      logit_transform=config.data.logit_transform,
                      scale_by_sigma=m.scale_by_sigma, norm=m.unet_norm,
+                     sigma_data=m.sigma_data if m.preconditioning == 'edm' else None,
                      name='score_unet').build_for()
   raise ValueError(f'unknown model {m.name!r}')

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from ncsn_tf.models import preconditioning
 from ncsn_tf.models.normalization import ConditionalInstanceNormPlusPlus
 
 _PACKAGE = 'ncsn_tf'
@@ -468,19 +469,15 @@ class CondRefineNetDilated(keras.Model):
       technique 3. It needs `output_sigmas`. With many levels (NCSNv2 uses
       hundreds) a per-level row sees only 1/L of the training examples; a
       shared one sees them all.
-    sigma_data: None, or EDM's preconditioning (Karras et al. 2022, "Elucidating
-      the Design Space of Diffusion-Based Generative Models", table 1) with this
-      data standard deviation σ_d in the data's units (the units of the
-      ladder). The ladder is then `output_sigmas`, which it needs, and the
-      output is not divided by σ_i; instead, in the network's centred input
-      space y (2x − 1, or the logits), where noise and σ_d are `k` = 2 (or 1)
-      times larger, the network F becomes a denoiser
-        D(y) = c_skip·y + c_out·F(c_in·y),  c_in = 1/√(σ² + σ_d²),
-        c_skip = σ_d²/(σ² + σ_d²),  c_out = σ·σ_d/√(σ² + σ_d²)   (σ, σ_d in y units),
-      and the score is returned: ∇_x log p = k·(D − y)/σ_y² = (D − y)/(k·σ_i²).
-      F sees unit-variance inputs at every level and has a unit-variance
-      target, and F ≡ 0 gives exactly the score of Gaussian data N(centre,
-      σ_d²): −y/(σ² + σ_d²) in y units. The training objective is unchanged.
+    sigma_data: None, or EDM's preconditioning (Karras et al. 2022, table 1;
+      `ncsn_tf.models.preconditioning`) with this data standard deviation σ_d
+      in the data's units (the units of the ladder). The ladder is then
+      `output_sigmas`, which it needs, and the output is not divided by σ_i;
+      instead the network F becomes a denoiser
+      D(y) = c_skip·y + c_out·F(c_in·y) in the centred space y, and the score
+      (D − y)/(k·σ_i²) is returned. F sees unit-variance inputs at every level
+      and has a unit-variance target, and F ≡ 0 gives exactly the score of
+      Gaussian data N(centre, σ_d²). The training objective is unchanged.
 
   Call:
     x: float32 [N, image_size, image_size, channels], in [0, 1] (or logits).
@@ -591,18 +588,9 @@ class CondRefineNetDilated(keras.Model):
     return ops.reshape(sigma, (-1, 1, 1, 1))
 
   def _edm_coefficients(self, sigma_index):
-    """c_in, c_out/(k·σ_x²) and k/(σ_y² + σ_d²), each float32 [N, 1, 1, 1].
-
-    The score (D − y)/(k·σ_x²) is computed as c_out·F/(k·σ_x²) − k·y/(σ_y² + σ_d²):
-    the same value, but without forming c_skip·y − y, which at σ_L ≪ σ_d
-    cancels to a thousandth of y and loses four digits in float32.
-    """
-    k = 1.0 if self.logit_transform else 2.0  # y = 2x − 1 stretches noise and data by 2.
-    sigma = self._level_sigma(sigma_index)
-    sigma_y, sigma_d = k * sigma, k * self.sigma_data
-    total2 = sigma_y**2 + sigma_d**2
-    c_out = sigma_y * sigma_d / ops.sqrt(total2)
-    return 1.0 / ops.sqrt(total2), c_out / (k * sigma**2), k / total2
+    """c_in, out_scale and pull of `preconditioning.edm_coefficients`, [N, 1, 1, 1]."""
+    return preconditioning.edm_coefficients(self._level_sigma(sigma_index), self.sigma_data,
+                                            self.logit_transform)
 
   def build_for(self, batch_size: int = 1):
     """Creates all variables without running the network; returns self.
