@@ -278,8 +278,8 @@ def _validate_model(model: ModelConfig, data: DataConfig):
   _require(model.preconditioning in PRECONDITIONINGS, 'preconditioning',
            f'must be one of {", ".join(PRECONDITIONINGS)}, got {model.preconditioning!r}')
   if model.preconditioning == 'edm':
-    _require(model.name in ('refinenet', 'unet'), 'preconditioning',
-             f'edm applies to --model=refinenet or unet, got {model.name!r}')
+    _require(model.name in IMAGE_MODELS, 'preconditioning',
+             f'edm applies to --model={" or ".join(IMAGE_MODELS)}, got {model.name!r}')
     _require(not model.scale_by_sigma, 'preconditioning',
              'edm scales the output itself; pass --scale_by_sigma=false with it')
     _require(model.sigma_data > 0, 'sigma_data', f'must be > 0, got {model.sigma_data}')

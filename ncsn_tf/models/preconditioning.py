@@ -21,6 +21,16 @@ def _centring_factor(logit_transform: bool) -> float:
   return 1.0 if logit_transform else 2.0
 
 
+def input_scale(sigma, sigma_data: float, logit_transform: bool):
+  """EDM's c_in = 1/√(σ_y² + σ_d,y²): y plus noise at unit variance when the data's std is σ_d.
+
+  sigma: float32 σ_i in the data's units, any shape; sigma_data: σ_d in the
+  data's units. Returns c_in with the shape of `sigma`.
+  """
+  k = _centring_factor(logit_transform)
+  return ops.rsqrt(k**2 * (ops.square(sigma) + sigma_data**2))
+
+
 def edm_coefficients(sigma, sigma_data: float, logit_transform: bool):
   """The three per-example factors of the preconditioned score.
 
@@ -33,10 +43,9 @@ def edm_coefficients(sigma, sigma_data: float, logit_transform: bool):
     score = out_scale·F(c_in·y) − pull·y. That is (D − y)/(k·σ_x²) computed as
     c_out·F/(k·σ_x²) − k·y/(σ_y² + σ_d²): the same value, but without forming
     c_skip·y − y, which at σ_L ≪ σ_d cancels to a thousandth of y and loses
-    four digits in float32.
+    four digits in float32. With c_in² = 1/(σ_y² + σ_d²) and c_out = σ_y·σ_d·c_in
+    (y units), out_scale = k·σ_d·c_in/σ and pull = k·c_in² (σ, σ_d in x units).
   """
   k = _centring_factor(logit_transform)
-  sigma_y, sigma_d = k * sigma, k * sigma_data
-  total2 = sigma_y**2 + sigma_d**2
-  c_out = sigma_y * sigma_d / ops.sqrt(total2)
-  return ops.rsqrt(total2), c_out / (k * sigma**2), k / total2
+  c_in = input_scale(sigma, sigma_data, logit_transform)
+  return c_in, k * sigma_data * c_in / sigma, k * ops.square(c_in)

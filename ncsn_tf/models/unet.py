@@ -84,13 +84,19 @@ def _normalization(norm: str, channels: int, name: str):
                                          epsilon=_NORM_EPSILON, name=name)
 
 
+# The σ_d at which EDM's c_in is 1/sqrt(1 + (2σ)²): a [0, 1] image whose 2x − 1
+# has unit variance.
+_UNIT_SIGMA_DATA = 0.5
+
+
 def input_scale(sigma):
   """c_in(σ) = 1 / sqrt(1 + (2σ)²): unit scale for a [-1, 1] image plus noise 2σ.
 
+  EDM's c_in (`preconditioning.input_scale`) for data of unit variance after 2x − 1.
   sigma: float [N] in the data's [0, 1] units (the noise is 2σ after 2x − 1).
   Returns float [N].
   """
-  return ops.rsqrt(1.0 + 4.0 * ops.square(sigma))
+  return preconditioning.input_scale(sigma, _UNIT_SIGMA_DATA, logit_transform=False)
 
 
 def _conv(filters: int, kernel_size: int, name: str, zero: bool = False):
