@@ -96,6 +96,19 @@ def test_without_normalisation_the_stem_sees_the_input_scaled_per_level():
   np.testing.assert_allclose(seen[0], expected, rtol=1e-6)
 
 
+def test_without_normalisation_logits_are_scaled_for_their_own_noise():
+  # Logits are not stretched by 2x − 1: noise σ on unit-variance data, so
+  # c_in = 1/sqrt(1 + σ²), not the image's 1/sqrt(1 + 4σ²).
+  model = ScoreUNet(4, SIGMAS, 16, 3, logit_transform=True, norm='none').build_for()
+  seen = []
+  stem_call = model.stem.call
+  model.stem.call = lambda inputs: (seen.append(np.asarray(inputs)), stem_call(inputs))[1]
+  x, index = _inputs()
+  model(x, index)
+  expected = x / np.sqrt(1.0 + np.asarray(SIGMAS)[index] ** 2)[:, None, None, None]
+  np.testing.assert_allclose(seen[0], expected, rtol=1e-6)
+
+
 def test_input_scale_gives_noisy_shapes_about_unit_variance_at_every_level():
   # The claim behind norm='none': c_in(σ)·(2x̃ − 1), x̃ = x + σz, has about unit
   # variance from σ_1 = 50 down to 0.01. Closed form: (v + 4σ²) / (1 + 4σ²) with
