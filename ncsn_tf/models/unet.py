@@ -32,15 +32,15 @@ every block starts at zero, so every block starts as its shortcut, and the outpu
 conv starts at zero, so the untrained network's score is exactly zero.
 
 With `norm='none'` every GroupNorm becomes the identity and the input is scaled to
-unit variance at every level instead, c_in(σ) = 1 / sqrt(1 + (2σ)²) on the
-[-1, 1] image plus noise of std 2σ (1 / sqrt(1 + σ²) on logits; EDM's c_in,
-Karras et al. 2022). GroupNorm is what made the network blind to the input's
-scale (σ_1 = 50 gives inputs of std 100), so without it the input scale has to
-be set explicitly. Training stays stable without normalisation because every residual block starts as its shortcut
-(SkipInit, De & Smith 2020). On a 2-core CPU the normalisation costs nearly
-half of a small U-Net's step: at width 16, 32x32, batch 16 the step
-takes 145 ms with GroupNorm and 77 ms without, the difference being elementwise
-passes over the full-resolution maps.
+unit variance at every level instead, c_in(σ) = 1 / sqrt(1 + (2σ)²) on the [-1, 1]
+image plus noise of std 2σ (1 / sqrt(1 + σ²) on logits; EDM's c_in, Karras et al.
+2022). GroupNorm is what made the network blind to the input's scale (σ_1 = 50
+gives inputs of std 100), so without it the input scale has to be set explicitly.
+Training stays stable without normalisation because every residual block starts as
+its shortcut (SkipInit, De & Smith 2020). On a 2-core CPU the normalisation costs
+nearly half of a small U-Net's step: at width 16, 32x32, batch 16 the step takes
+145 ms with GroupNorm and 77 ms without, the difference being elementwise passes
+over the full-resolution maps.
 
 With `sigma_data` (`--preconditioning=edm`) the whole of EDM's preconditioning
 applies (`preconditioning.py`): the input is scaled by c_in = 1/√(σ² + σ_d²), and
