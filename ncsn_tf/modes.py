@@ -119,8 +119,9 @@ def write_shape_fit(images, image_size: int, out_dir: str) -> dict:
   """Shapes only: how many sample objects are a clean disc, square or triangle.
 
   Compares the samples (float [N, S, S, 3] in [0, 1]) with as many test images
-  (at most 256) by ncsn_tf.metrics.shape_fit; writes <out_dir>/shape_fit.json
-  and logs one line. Returns the JSON's dict.
+  (at most 256) by ncsn_tf.metrics.shape_fit (also how much of the images the
+  objects cover and how many backgrounds are light); writes
+  <out_dir>/shape_fit.json and logs two lines. Returns the JSON's dict.
   """
   from ncsn_tf.data import shapes
   from ncsn_tf.metrics import shape_fit
@@ -134,8 +135,13 @@ def write_shape_fit(images, image_size: int, out_dir: str) -> dict:
                'test images', 100 * ours['fit_rate'], 100 * ours['fit_rate_stderr'],
                ours['objects'], shape_fit.IOU_THRESHOLD, ours['empty_images'],
                100 * data['fit_rate'], data['objects'])
+  logging.info('shape fit: objects cover %.1f%% of the samples (%.1f%% of the test images); '
+               '%.0f%% of the samples have a light background (%.0f%% of the test images)',
+               100 * ours['foreground_fraction'], 100 * data['foreground_fraction'],
+               100 * ours['light_backgrounds'], 100 * data['light_backgrounds'])
   for summary in (ours, data):  # No objects at all gives NaN; JSON gets null, not NaN.
-    for key in ('fit_rate', 'fit_rate_stderr', 'median_iou'):
+    for key in ('fit_rate', 'fit_rate_stderr', 'median_iou', 'foreground_fraction',
+                'light_backgrounds'):
       summary[key] = metrics_file.json_floats([summary[key]])[0]
   metrics_file.write_json(os.path.join(out_dir, 'shape_fit.json'), result)
   return result

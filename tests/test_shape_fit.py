@@ -179,3 +179,28 @@ def test_sample_mode_writes_the_fit_of_the_samples_beside_the_data(tmp_path):
   with open(tmp_path / 'shape_fit.json') as f:
     empty = json.load(f)['samples']
   assert empty['fit_rate'] is None and empty['fit_rate_stderr'] is None  # null, not NaN.
+  # Flat dark squares: no foreground, no light background.
+  assert empty['foreground_fraction'] == 0.0 and empty['light_backgrounds'] == 0.0
+
+
+def test_foreground_fraction_is_the_share_of_object_pixels():
+  image = _paint(_canvas(LIGHT), _square(10.0, 12.0, 4.0), (0.1, 0.2, 0.9))
+  flat = _canvas(DARK)
+  summary = shape_fit.shape_fit(np.stack([image, flat]))
+  # The square covers 8 x 8 pixel centres; the flat image none.
+  assert summary['foreground_fraction'] == pytest.approx((64 / SIZE**2 + 0.0) / 2)
+  assert np.isnan(shape_fit.shape_fit(np.zeros((0, 8, 8, 3)))['foreground_fraction'])
+
+
+def test_light_backgrounds_match_the_generators_own_backgrounds():
+  # Against the generator's drawn background colours, not the images: with
+  # light and dark equally likely, the share must equal the generator's count.
+  num = 256
+  params = shapes._draw_parameters(np.random.default_rng(3), num, SIZE)  # pylint: disable=protected-access
+  truth = params['background'].mean(-1) > shape_fit.LIGHT_THRESHOLD
+  images = shapes.shapes_images(num, SIZE, seed=3) / 255.0
+  summary = shape_fit.shape_fit(images)
+  assert summary['light_backgrounds'] == pytest.approx(truth.mean())
+  assert 0.4 < truth.mean() < 0.6
+  assert shape_fit.shape_fit(np.stack([_canvas(LIGHT)] * 3 + [_canvas(DARK)]))[
+      'light_backgrounds'] == pytest.approx(0.75)

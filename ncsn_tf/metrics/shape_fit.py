@@ -37,6 +37,9 @@ IOU_THRESHOLD = 0.85
 # Area of each kind at half-size 1 (shapes.signed_distance's `half`): a disc of
 # radius 1, a square of half-side 0.8, an equilateral triangle of circumradius 1.
 _UNIT_AREA = (np.pi, 1.6**2, 3.0 * np.sqrt(3.0) / 4.0)
+# A background is light when its mean colour is above this: the data's light
+# backgrounds have every channel >= 0.8, the dark ones <= 0.2.
+LIGHT_THRESHOLD = 0.5
 # The template search: centre offsets (px) from the centroid on each axis, and
 # sizes as factors of the equal-area half-size.
 _OFFSETS = np.arange(-1.5, 1.51, 0.5, dtype=np.float32)
@@ -99,18 +102,31 @@ def best_template(mask: np.ndarray) -> tuple[float, int]:
   return best_iou, best_kind
 
 
+def foreground(image: np.ndarray, threshold: float = 0.2):
+  """(background colour [C], boolean foreground mask [H, W]) of one image [H, W, C].
+
+  A pixel is foreground when some channel differs from the background colour
+  (`background_colour`) by more than `threshold`.
+  """
+  image = np.asarray(image, np.float32)
+  background = background_colour(image)
+  return background, np.abs(image - background).max(-1) > threshold
+
+
+def _mask_fits(mask: np.ndarray, min_pixels: int) -> list[tuple[float, int]]:
+  labels = components(mask)
+  fits = []
+  for label in range(1, labels.max() + 1):
+    component = labels == label
+    if component.sum() >= min_pixels:
+      fits.append(best_template(component))
+  return fits
+
+
 def object_fits(image: np.ndarray, *, threshold: float = 0.2,
                 min_pixels: int = 10) -> list[tuple[float, int]]:
   """(IoU, kind) of the best template for every object of one image [S, S, 3] in [0, 1]."""
-  image = np.asarray(image, np.float32)
-  foreground = np.abs(image - background_colour(image)).max(-1) > threshold
-  labels = components(foreground)
-  fits = []
-  for label in range(1, labels.max() + 1):
-    mask = labels == label
-    if mask.sum() >= min_pixels:
-      fits.append(best_template(mask))
-  return fits
+  return _mask_fits(foreground(image, threshold)[1], min_pixels)
 
 
 def shape_fit(images, *, iou_threshold: float = IOU_THRESHOLD, threshold: float = 0.2,
@@ -120,14 +136,19 @@ def shape_fit(images, *, iou_threshold: float = IOU_THRESHOLD, threshold: float 
   Returns a dict: 'fit_rate' (share of objects whose IoU >= iou_threshold;
   NaN if there are none), 'fit_rate_stderr' (its standard error, see
   `fit_rate_stderr`), 'median_iou', 'objects' (count), 'empty_images'
-  (images without any object), and 'fitted_kinds' (the fitted objects per
-  kind name).
+  (images without any object), 'fitted_kinds' (the fitted objects per
+  kind name), 'foreground_fraction' (the mean share of foreground pixels:
+  how much of the images the objects cover) and 'light_backgrounds' (the
+  share of images whose background is light, mean colour above
+  LIGHT_THRESHOLD: half of the data's; a sampler that weighs the two
+  background modes wrongly shows here). The last two are NaN with no images.
   """
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
     raise ValueError(f'shape_fit expects square RGB images [N, S, S, 3], got {images.shape}.')
-  per_image = [object_fits(image, threshold=threshold, min_pixels=min_pixels)
-               for image in images]
+  split = [foreground(image, threshold) for image in images]
+  masks = [mask for _, mask in split]
+  per_image = [_mask_fits(mask, min_pixels) for mask in masks]
   ious = np.array([iou for fits in per_image for iou, _ in fits])
   kinds = np.array([kind for fits in per_image for _, kind in fits], np.int64)
   objects = np.array([len(fits) for fits in per_image], np.int64)
@@ -143,7 +164,13 @@ def shape_fit(images, *, iou_threshold: float = IOU_THRESHOLD, threshold: float 
       'objects': int(len(ious)),
       'empty_images': int(np.sum(objects == 0)),
       'fitted_kinds': {name: int(np.sum(fitted == k)) for k, name in enumerate(KIND_NAMES)},
+      'foreground_fraction': _mean([mask.mean() for mask in masks]),
+      'light_backgrounds': _mean([colour.mean() > LIGHT_THRESHOLD for colour, _ in split]),
   }
+
+
+def _mean(values) -> float:
+  return float(np.mean(values)) if len(values) else float('nan')
 
 
 def fit_rate_stderr(objects, fitted) -> float:
