@@ -83,6 +83,7 @@ class TrainConfig:
   level_log_mean: float = -1.2      # --level_log_mean: lognormal: mean of log σ
   level_log_std: float = 1.2        # --level_log_std: lognormal: std of log σ
   train_steps: int = 5000           # --train_steps
+  train_minutes: float = 0.0        # --train_minutes: stop once training has taken this long in all (0: no limit)
   snapshot_freq: int = 1000         # --snapshot_freq: checkpoint and sample every N steps
   log_freq: int = 100               # --log_freq: scalars every N steps
   ema_rate: float = 0.0             # --ema_rate: 0 disables the EMA of weights
@@ -300,6 +301,7 @@ def _validate_train(train: TrainConfig):
            f'must be one of {", ".join(LEVEL_SAMPLINGS)}, got {train.level_sampling!r}')
   _require(train.level_log_std > 0, 'level_log_std', f'must be > 0, got {train.level_log_std}')
   _require(train.train_steps >= 0, 'train_steps', f'must be >= 0, got {train.train_steps}')
+  _require(train.train_minutes >= 0, 'train_minutes', f'must be >= 0, got {train.train_minutes}')
   _require(train.snapshot_freq >= 1, 'snapshot_freq', f'must be >= 1, got {train.snapshot_freq}')
   _require(train.log_freq >= 1, 'log_freq', f'must be >= 1, got {train.log_freq}')
   _require(0 <= train.ema_rate < 1, 'ema_rate', f'must be in [0, 1), got {train.ema_rate}')
@@ -373,7 +375,7 @@ def _validate_eval(config: Config):
 #: how often, where and how a run executes, not which model it trains.
 RESUME_SAFE_FIELDS = frozenset({
     'name', 'workdir', 'mode', 'experiment', 'data.data_dir', 'data.data_path',
-    'train.train_steps', 'train.snapshot_freq', 'train.log_freq', 'train.max_checkpoints',
+    'train.train_steps', 'train.train_minutes', 'train.snapshot_freq', 'train.log_freq', 'train.max_checkpoints',
     'train.heldout_batches', 'train.num_cpu_replicas', 'train.jit_compile', 'train.strategy',
     'train.skip_nonfinite', 'train.deterministic', 'train.max_chunk_steps',
     'export.export_dir'}) | frozenset(f'sampling.{f.name}' for f in dataclasses.fields(SamplingConfig))

@@ -81,6 +81,10 @@ flags.DEFINE_float('level_log_mean', _T.level_log_mean,
 flags.DEFINE_float('level_log_std', _T.level_log_std,
                    '--level_sampling=lognormal: standard deviation of log σ (EDM\'s P_std).')
 flags.DEFINE_integer('train_steps', _T.train_steps, 'Total training steps.')
+flags.DEFINE_float('train_minutes', _T.train_minutes,
+                   'Stop training before --train_steps once the training loop has run this many '
+                   'minutes, counted over resumes (0: no limit); the run then samples and '
+                   'exports as if it had reached --train_steps.')
 flags.DEFINE_integer('snapshot_freq', _T.snapshot_freq, 'Checkpoint (and image samples) every N steps.')
 flags.DEFINE_integer('log_freq', _T.log_freq, 'TensorBoard scalars every N steps.')
 flags.DEFINE_float('ema_rate', _T.ema_rate, 'EMA decay of the weights; 0 disables.')
@@ -177,7 +181,8 @@ def build_config(argv) -> config_lib.Config:
           beta1=FLAGS.beta1, lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
           level_sampling=FLAGS.level_sampling, level_log_mean=FLAGS.level_log_mean,
           level_log_std=FLAGS.level_log_std,
-          train_steps=FLAGS.train_steps, snapshot_freq=FLAGS.snapshot_freq,
+          train_steps=FLAGS.train_steps, train_minutes=FLAGS.train_minutes,
+          snapshot_freq=FLAGS.snapshot_freq,
           log_freq=FLAGS.log_freq, ema_rate=FLAGS.ema_rate,
           num_cpu_replicas=FLAGS.num_cpu_replicas, max_checkpoints=FLAGS.max_checkpoints,
           precision=FLAGS.precision, jit_compile=FLAGS.jit_compile,

@@ -13,12 +13,15 @@ class Progress:
 
   `initial` is the count already done when the loop starts (a resumed run): the
   rate and ETA count only the work done since, not the steps of earlier runs.
+  `time_left`: seconds from now after which the loop stops anyway (a time
+  budget); the ETA is then the sooner of the two ends.
   """
 
   def __init__(self, desc: str, total: int, stream=None, min_interval: float = 5.0,
-               initial: int = 0):
+               initial: int = 0, time_left: float | None = None):
     self.desc, self.total = desc, max(int(total), 1)
     self.initial = int(initial)
+    self.time_left = time_left
     self.stream = stream or sys.stderr
     self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
     self.min_interval = 0.0 if self.tty else min_interval
@@ -33,6 +36,8 @@ class Progress:
     elapsed = now - self.start
     rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
     eta = (self.total - done) / rate if rate > 0 else float('inf')
+    if self.time_left is not None:
+      eta = min(eta, max(self.time_left - elapsed, 0.0))
     width = 24
     filled = int(width * done / self.total)
     extras = ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in values.items())

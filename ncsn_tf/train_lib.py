@@ -136,8 +136,14 @@ class TrainState:
   step: tf.Variable
   sigmas: np.ndarray
   chief: bool = True  # False on non-chief workers: they write no outputs
+  # Seconds the training loop has run, over all resumes (for --train_minutes).
+  train_seconds: tf.Variable | None = None
 
-  def checkpoint(self, **extra) -> tf.train.Checkpoint:
+  def checkpoint(self, *, include_train_seconds: bool = True, **extra) -> tf.train.Checkpoint:
+    """The checkpoint of this state; include_train_seconds=False reads checkpoints
+    written before train_seconds existed."""
+    if include_train_seconds and self.train_seconds is not None:
+      extra['train_seconds'] = self.train_seconds
     # tf.train.Checkpoint does not see Keras 3 layers kept in Python lists
     # (RefineNet's blocks): without the explicit weight lists, the EMA model's
     # blocks were not saved at all (the model's only through the optimizer).
@@ -170,7 +176,15 @@ def create_state(config: config_lib.Config, strategy: tf.distribute.Strategy) ->
     # first tf.function step, or MirroredStrategy fails on a placeholder.
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
-  return TrainState(model, ema_model, optimizer, step, ladder(config))
+  # Outside the scope: a host-side count that only the Python loop assigns.
+  train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name='train_seconds')
+  return TrainState(model, ema_model, optimizer, step, ladder(config),
+                    train_seconds=train_seconds)
+
+
+def _has_train_seconds(checkpoint_path: str) -> bool:
+  return any(name.startswith('train_seconds/')
+             for name, _ in tf.train.list_variables(checkpoint_path))
 
 
 def checkpoint_dir(config: config_lib.Config) -> str:
@@ -508,6 +522,11 @@ def _train_dataset(config: config_lib.Config, strategy, step: int):
 def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
   """Trains (or resumes) until `config.train.train_steps`; returns the state.
 
+  With `config.train.train_minutes` > 0 training also ends at the first chunk
+  boundary after the loop has run that long over all runs on the workdir (the
+  seconds are checkpointed), with the final log, checkpoint and snapshot of a
+  finished run. A cosine --lr_schedule still decays towards train_steps.
+
   on_snapshot: optional callable (state, writer) run after each checkpoint,
     e.g. to log image samples (chief only).
   Raises NonFiniteLossError (unless --skip_nonfinite), TrainingInterrupted
@@ -532,8 +551,11 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
   manager = tf.train.CheckpointManager(ckpt, save_dir, max_to_keep=config.train.max_checkpoints)
   latest = tf.train.latest_checkpoint(checkpoint_dir(config))
   if latest:
+    # A checkpoint from before --train_minutes has no train_seconds: restore
+    # the rest, and count its training time from zero.
     try:
-      ckpt.restore(latest).assert_existing_objects_matched()
+      restoring = state.checkpoint(include_train_seconds=_has_train_seconds(latest))
+      restoring.restore(latest).assert_existing_objects_matched()
     except AssertionError:
       # The checkpoint's variables do not fit this model (another version of
       # the code or of the model): say so in one line instead of listing them.
@@ -542,8 +564,14 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
           f'another version or configuration); use a new --workdir or delete '
           f'{checkpoint_dir(config)} to start fresh') from None
     logging.info('resumed from %s at step %d', latest, int(state.step.numpy()))
+  # --train_minutes counts the loop's wall clock (steps, snapshots, samples)
+  # over all runs on this workdir: the checkpoints carry the seconds so far.
+  budget = 60.0 * config.train.train_minutes
+  seconds_before, loop_start = float(state.train_seconds.numpy()), time.monotonic()
+  seconds_so_far = lambda: seconds_before + time.monotonic() - loop_start
 
   def save(step):
+    state.train_seconds.assign(seconds_so_far())
     path = manager.save(checkpoint_number=step)
     if not chief:
       shutil.rmtree(save_dir, ignore_errors=True)
@@ -561,11 +589,22 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
   t = config.train
   total = t.train_steps
   step = int(state.step.numpy())
-  progress = Progress('train', total, initial=step)
+  progress = Progress('train', total, initial=step,
+                      time_left=budget - seconds_so_far() if budget > 0 else None)
   saved_step = step if latest else None
   logged, logged_time, logged_steps, skipped_total = None, 0.0, 0, 0
+
+  def out_of_time(seconds):
+    # Every worker asks (a collective); any worker's clock past the budget stops all.
+    return step < total and budget > 0 and any_worker(seconds >= budget)
+
+  spent, start_step = out_of_time(seconds_before), step  # Spent by the earlier runs?
+  if spent:
+    logging.info('--train_minutes=%g: the training budget was spent at step %d of %d; not '
+                 'training further (raise --train_minutes or use a new --workdir to train more)',
+                 t.train_minutes, step, total)
   with _stop_on_signals() as stop:
-    while step < total:
+    while step < total and not spent:
       chunk = min(t.log_freq - step % t.log_freq, t.snapshot_freq - step % t.snapshot_freq,
                   total - step, t.max_chunk_steps)
       start = time.time()
@@ -576,7 +615,9 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
       logged = _accumulate(logged, stats)
       logged_time += time.time() - start
       logged_steps += chunk
-      if step % t.log_freq == 0 or step == total:
+      spent = out_of_time(seconds_so_far())
+      last = step == total or spent  # The final chunk: log, save and sample as at train_steps.
+      if step % t.log_freq == 0 or last:
         skipped_total += int(logged['skipped'])
         # Adam's current rate, the one the next update uses (--lr_schedule).
         lr = float(state.optimizer.learning_rate.numpy())
@@ -587,7 +628,7 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
                           int(logged['skipped']), step, skipped_total)
         progress.update(step, loss=float(logged['loss_sum'] / max(logged['per_sigma_count'].sum(), 1)))
         logged, logged_time, logged_steps = None, 0.0, 0
-      if step % t.snapshot_freq == 0 or step == total:
+      if step % t.snapshot_freq == 0 or last:
         save(step)
         saved_step = step
         if heldout_eval is not None:
@@ -605,6 +646,9 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
         logging.warning(message)
         raise TrainingInterrupted(message, stop.signum or signal.SIGTERM)
   progress.close()
+  if spent and step > start_step:
+    logging.info('--train_minutes=%g: stopped at step %d of %d after %.1f minutes of training',
+                 t.train_minutes, step, total, seconds_so_far() / 60)
   if saved_step != step:
     save(step)
   writer.flush()

@@ -54,3 +54,15 @@ def test_non_tty_updates_are_throttled(monkeypatch):
   progress.update(20)  # within 5 s of the last line: not printed
   progress.update(100)  # the final count always prints
   assert [line.split()[2] for line in _lines(stream)] == ['10/100', '100/100']
+
+
+def test_a_time_budget_shortens_the_eta(monkeypatch):
+  # 100 steps in 10 s of 20000 would take 1990 s more; the budget ends in 50.
+  clock, stream, progress = _progress(monkeypatch, 'train', 20000, min_interval=0.0,
+                                      time_left=60.0)
+  clock.now += 10.0
+  progress.update(100)
+  assert _lines(stream)[-1].endswith('100/20000 10.0/s eta 50s')
+  clock.now += 100.0  # Past the budget: not a negative ETA.
+  progress.update(200)
+  assert _lines(stream)[-1].endswith('eta 0s')

@@ -121,3 +121,42 @@ def test_heldout_loss_draws_levels_uniformly_whatever_the_training_distribution(
   _, index = train_lib.loss_for(lognormal)(lambda xx, ii: tf.zeros_like(xx), x,
                                           tf.constant(state.sigmas), tf.constant([1, 2]))
   assert np.mean(index.numpy() == 0) > 0.99
+
+
+def test_train_minutes_stops_at_a_chunk_boundary_and_counts_over_resumes(tmp_path):
+  # A budget of 60 µs is spent by the first chunk (its tracing alone takes
+  # longer), so the run stops after 10 steps, whatever this machine's speed.
+  snapshots = []
+  config = tiny_config(tmp_path, train_minutes=1e-6)
+  state = train_lib.train(config, on_snapshot=lambda s, w: snapshots.append(int(s.step.numpy())))
+  assert int(state.step.numpy()) == 10 and snapshots == [10]  # The final snapshot, as at train_steps.
+  assert train_lib.checkpoint_steps(config).keys() == {10}
+  seconds = float(state.train_seconds.numpy())
+  assert seconds > 6e-5
+  # Rerun: the checkpointed seconds say the budget is spent; nothing trains.
+  again = train_lib.train(config)
+  assert int(again.step.numpy()) == 10 and float(again.train_seconds.numpy()) == seconds
+  assert train_lib.checkpoint_steps(config).keys() == {10}
+  # Lifting the budget (a resume-safe field) trains on to train_steps.
+  rest = train_lib.train(tiny_config(tmp_path, train_minutes=0))
+  assert int(rest.step.numpy()) == 40 and float(rest.train_seconds.numpy()) > seconds
+  acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'),
+                                           size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  assert [e.step for e in acc.Tensors('loss')] == [10, 20, 30, 40]
+
+
+def test_a_checkpoint_without_train_seconds_resumes_and_gains_them(tmp_path):
+  # Checkpoints written before --train_minutes existed hold no train_seconds.
+  old = train_lib.train(tiny_config(tmp_path / 'new', train_steps=20))
+  workdir = tmp_path / 'old'
+  manager = tf.train.CheckpointManager(old.checkpoint(include_train_seconds=False),
+                                       str(workdir / 'checkpoints'), max_to_keep=2)
+  manager.save(checkpoint_number=20)
+  assert not train_lib._has_train_seconds(manager.latest_checkpoint)  # pylint: disable=protected-access
+  resumed = train_lib.train(tiny_config(workdir, train_minutes=60))
+  assert int(resumed.step.numpy()) == 40
+  for a, b in zip(_weights(resumed.model), _weights(train_lib.train(tiny_config(tmp_path / 'new')).model)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  latest = tf.train.latest_checkpoint(str(workdir / 'checkpoints'))
+  assert latest.endswith('ckpt-40') and train_lib._has_train_seconds(latest)  # pylint: disable=protected-access
