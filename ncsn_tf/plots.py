@@ -99,12 +99,13 @@ def weights_figure(weights: dict, true_weights, labels):
   return fig
 
 
-def per_sigma_figure(sigmas, values: dict, ylabel: str, title: str):
+def per_sigma_figure(sigmas, values: dict, ylabel: str, title: str, yscale: str = 'log'):
+  """One line per entry of `values` ({name: [L] values}) against σ (log axis)."""
   fig, ax = plt.subplots(figsize=(5, 3.6))
   for name, v in values.items():
-    ax.plot(sigmas, v, marker='o', label=name)
+    ax.plot(sigmas, v, marker='o', markersize=3, label=name)
   ax.set_xscale('log')
-  ax.set_yscale('log')
+  ax.set_yscale(yscale)
   ax.set_xlabel('σ')
   ax.set_ylabel(ylabel)
   ax.set_title(title)

@@ -22,6 +22,14 @@ figure, when a suffix is given):
   x <- D + (σ_{i+1}/σ_i)(x - D), D = x + σ_i² s(x, i) (DDIM's update on this
   ladder, one network call per level). With the exact score both would return an
   image like the original from a small σ_k.
+* shapes_erosion.png: how much of the image the objects cover along the chain.
+  EROSION_SAMPLES samples are drawn by the run's annealed Langevin; at the end of
+  every level, the share of foreground pixels (shape_fit.foreground) of the
+  one-step denoised estimate D = x + σ_i² s(x, i), averaged over the samples that
+  end with an object and over those that end empty, beside the same share of D
+  for noisy test images at that level (what the chain should show if it kept the
+  data's distribution) and of the clean test images. Levels σ <= EROSION_MAX_SIGMA
+  only: above it D is a blurred average of many images, not objects on a background.
 """
 
 import json
@@ -33,9 +41,12 @@ import tensorflow as tf
 from PIL import Image
 
 from ncsn_tf import config as config_lib
+from ncsn_tf import data as data_lib
+from ncsn_tf import export as export_lib
 from ncsn_tf import plots
 from ncsn_tf import train_lib
 from ncsn_tf.data import shapes
+from ncsn_tf.metrics import shape_fit
 from ncsn_tf.sampling import langevin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,6 +57,8 @@ DENOISE_IMAGES = 6
 DENOISE_SIGMAS = (2.0, 1.0, 0.5, 0.3, 0.15, 0.05)
 DENOISE_FACTOR = 2
 RESTART_SIGMAS = (0.15, 0.5, 1.0)
+EROSION_SAMPLES = 128
+EROSION_MAX_SIGMA = 3.0
 
 
 def enlarge(grid: np.ndarray, factor: int) -> np.ndarray:
@@ -153,6 +166,49 @@ def restart_figure(config, state) -> np.ndarray:
   return columns_figure([clean] + langevin_columns + deterministic_columns)
 
 
+def foreground_share(images) -> float:
+  """Mean share of foreground pixels of float images [N, S, S, 3] (clipped to [0, 1])."""
+  return float(np.mean([shape_fit.foreground(image)[1].mean() for image in np.clip(images, 0, 1)]))
+
+
+def erosion_figure(config, state):
+  """A matplotlib figure: foreground share of the denoised chain per level (see the docstring)."""
+  sigmas = state.sigmas.astype(np.float32)
+  levels = len(sigmas)
+  model, s = state.ema_model, config.sampling
+  denoise = lambda x, i: x + sigmas[i]**2 * np.asarray(model(x, tf.fill([len(x)], i)), np.float32)
+  x_init = export_lib.initial_state(data_lib.data_shape(config.data), tf.constant(EROSION_SAMPLES),
+                                    tf.constant([config.seed, 0]), config.data)
+  # One snapshot per level: the state at the end of each level's T steps (the
+  # last one after the final denoising step when the run denoises).
+  sample = tf.function(lambda x: langevin.annealed_langevin_dynamics(
+      model, x, sigmas, n_steps_each=s.n_steps_each, step_lr=s.step_lr,
+      seed=[config.seed, 1000], num_snapshots=levels, denoise=s.denoise))
+  final, chain = sample(x_init)
+  ends_empty = np.array([not shape_fit.object_fits(image) for image in np.clip(final.numpy(), 0, 1)])
+  test = shapes.shapes_split_images('test', image_size=config.data.image_size,
+                                    num_images=EROSION_SAMPLES).astype(np.float32) / 255.0
+  rng = np.random.default_rng(2)
+  curves = {'samples that end with objects': [], 'samples that end empty': [],
+            'noisy test images': []}
+  for i in range(levels):
+    denoised = denoise(chain[i].numpy(), i)
+    curves['samples that end with objects'].append(foreground_share(denoised[~ends_empty]))
+    curves['samples that end empty'].append(foreground_share(denoised[ends_empty]))
+    noisy = test + sigmas[i] * rng.standard_normal(test.shape).astype(np.float32)
+    curves['noisy test images'].append(foreground_share(denoise(noisy, i)))
+  curves['clean test images'] = [foreground_share(test)] * levels
+  if not ends_empty.any():
+    del curves['samples that end empty']
+  title = f'{int(ends_empty.sum())} of {EROSION_SAMPLES} samples end empty'
+  shown = sigmas <= EROSION_MAX_SIGMA
+  curves = {name: np.asarray(values)[shown] for name, values in curves.items()}
+  fig = plots.per_sigma_figure(sigmas[shown], curves, 'foreground share of D(x)', title,
+                               yscale='linear')
+  fig.axes[0].invert_xaxis()  # the chain runs from large σ to small
+  return fig
+
+
 def main(workdir: str, suffix: str = ''):
   samples = np.load(os.path.join(workdir, 'samples', 'samples.npz'))['samples']
   size = samples.shape[1]
@@ -165,6 +221,7 @@ def main(workdir: str, suffix: str = ''):
   config, state = restore(workdir)
   plots.save_png(denoising_figure(config, state), figure_path('denoising'))
   plots.save_png(restart_figure(config, state), figure_path('restart'))
+  plots.save_figure(erosion_figure(config, state), figure_path('erosion'))
 
 
 if __name__ == '__main__':
