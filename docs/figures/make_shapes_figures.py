@@ -95,10 +95,10 @@ def restore(workdir: str):
   return config, train_lib.restore_for_inference(config)
 
 
-def held_out_images(config) -> np.ndarray:
-  """The first DENOISE_IMAGES test images, float32 [N, S, S, 3] in [0, 1]."""
+def held_out_images(config, num: int = DENOISE_IMAGES) -> np.ndarray:
+  """The first `num` test images, float32 [num, S, S, 3] in [0, 1]."""
   return shapes.shapes_split_images('test', image_size=config.data.image_size,
-                                    num_images=DENOISE_IMAGES).astype(np.float32) / 255.0
+                                    num_images=num).astype(np.float32) / 255.0
 
 
 def nearest_level(sigmas: np.ndarray, target: float) -> int:
@@ -186,8 +186,7 @@ def erosion_figure(config, state):
       seed=[config.seed, 1000], num_snapshots=levels, denoise=s.denoise))
   final, chain = sample(x_init)
   ends_empty = np.array([not shape_fit.object_fits(image) for image in np.clip(final.numpy(), 0, 1)])
-  test = shapes.shapes_split_images('test', image_size=config.data.image_size,
-                                    num_images=EROSION_SAMPLES).astype(np.float32) / 255.0
+  test = held_out_images(config, EROSION_SAMPLES)
   rng = np.random.default_rng(2)
   curves = {'samples that end with objects': [], 'samples that end empty': [],
             'noisy test images': []}
