@@ -188,20 +188,19 @@ def erosion_figure(config, state):
   ends_empty = np.array([not shape_fit.object_fits(image) for image in np.clip(final.numpy(), 0, 1)])
   test = held_out_images(config, EROSION_SAMPLES)
   rng = np.random.default_rng(2)
+  shown = np.flatnonzero(sigmas <= EROSION_MAX_SIGMA)
   curves = {'samples that end with objects': [], 'samples that end empty': [],
             'noisy test images': []}
-  for i in range(levels):
+  for i in shown:
     denoised = denoise(chain[i].numpy(), i)
     curves['samples that end with objects'].append(foreground_share(denoised[~ends_empty]))
     curves['samples that end empty'].append(foreground_share(denoised[ends_empty]))
     noisy = test + sigmas[i] * rng.standard_normal(test.shape).astype(np.float32)
     curves['noisy test images'].append(foreground_share(denoise(noisy, i)))
-  curves['clean test images'] = [foreground_share(test)] * levels
+  curves['clean test images'] = [foreground_share(test)] * len(shown)
   if not ends_empty.any():
     del curves['samples that end empty']
   title = f'{int(ends_empty.sum())} of {EROSION_SAMPLES} samples end empty'
-  shown = sigmas <= EROSION_MAX_SIGMA
-  curves = {name: np.asarray(values)[shown] for name, values in curves.items()}
   fig = plots.per_sigma_figure(sigmas[shown], curves, 'foreground share of D(x)', title,
                                yscale='linear')
   fig.axes[0].invert_xaxis()  # the chain runs from large σ to small
