@@ -127,7 +127,7 @@ def test_input_scale_gives_noisy_shapes_about_unit_variance_at_every_level():
 
 
 def test_shapes_cfg_width_has_the_documented_size():
-  # The README quotes these sizes for tf_configs/shapes.cfg's network (ngf 16,
+  # docs/images.md quotes these sizes for tf_configs/shapes.cfg's network (ngf 16,
   # 32x32x3, --unet_norm=none) and for the same with GroupNorm.
   assert ScoreUNet(16, SIGMAS, 32, 3, norm='none').build_for().count_params() == 515_603
   assert ScoreUNet(16, SIGMAS, 32, 3).build_for().count_params() == 518_771
