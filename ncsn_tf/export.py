@@ -13,6 +13,20 @@
 and the variables `sigmas` (the ladder) and the string `config_json`.
 Versions are integers; each is written beside the root and renamed into place,
 so a TF Serving process polling `export_dir` never sees half a model.
+
+Loadable by a model server. TF Serving (C++ `LoadSavedModel`), `saved_model_cli
+run` and `tf.compat.v1.saved_model.loader.load` restore variables through the
+SavedModel's saver, by the names of the variable nodes its signatures read.
+A Keras 3 variable is a wrapper around the `tf.Variable` that the traced
+functions capture; tracking the wrappers (or the Keras model) saves the values
+under the wrappers' names, and the session loader then fails with "Could not
+find variable". So the module tracks exactly the variables its signatures
+capture (`_track_captured_variables`, the approach of Keras' own
+`ExportArchive`), after tracing them. Every signature, including those added
+later (SDE samplers, likelihoods, guided generation), must be listed in
+`ScoreModule.signatures()` so that it is traced before its variables are
+collected, and must be covered by tests/test_serving.py, which runs each one
+through both the session loader and `tf.saved_model.load` in a fresh process.
 """
 
 import os
@@ -46,9 +60,9 @@ class ScoreModule(tf.Module):
 
   def __init__(self, score_model, config: config_lib.Config, sigmas: np.ndarray):
     super().__init__(name='ncsn')
-    # Track the weights, not the Keras model itself: a tracked Keras 3 model
-    # adds its own single-input serving function, which this model cannot trace.
-    self.model_variables = list(score_model.weights)
+    # Not tracked: a tracked Keras 3 model adds its own single-input serving
+    # function, which this model cannot trace, and its variables would be saved
+    # under the Keras wrappers' names (see the module docstring).
     self.__dict__['score_model'] = score_model
     self.sigmas = tf.Variable(np.asarray(sigmas, np.float32), trainable=False, name='sigmas')
     self.config_json = tf.Variable(config.to_json(), trainable=False, name='config_json')
@@ -64,6 +78,7 @@ class ScoreModule(tf.Module):
           tf.TensorSpec([None, *self._shape], tf.float32, name='images'),
           tf.TensorSpec([None, *self._shape], tf.float32, name='mask'),
           tf.TensorSpec([], tf.int32, name='seed')])
+    self.model_variables = _track_captured_variables(self.signatures().values())
 
   def signatures(self) -> dict:
     out = {'score': self.score, 'sample': self.sample, 'serving_default': self.score}
@@ -112,6 +127,20 @@ class ScoreModule(tf.Module):
     if not cfg.data.logit_transform:
       inpainted = tf.clip_by_value(inpainted, 0.0, 1.0)
     return {'inpainted': inpainted}
+
+
+def _track_captured_variables(functions) -> list:
+  """The variables the traced `functions` read, each once, in a stable order.
+
+  Tracing with the input signatures happens here, so it must come after every
+  signature is defined; the returned list, assigned to the module, makes the
+  saver write each variable under the name its variable node has in the graph.
+  """
+  captured = {}
+  for function in functions:
+    for variable in function.get_concrete_function().variables:
+      captured.setdefault(id(variable), variable)
+  return list(captured.values())
 
 
 def next_version(export_dir: str) -> int:

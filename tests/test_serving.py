@@ -1,0 +1,219 @@
+"""Exports as a model server loads them: the session-based loader and saved_model_cli.
+
+TF Serving's C++ `LoadSavedModel` restores the variables through the
+SavedModel's saver into a session and runs each signature's graph; that is
+`tf.compat.v1.saved_model.loader.load` in Python and what `saved_model_cli run`
+does. `tf.saved_model.load` (the TF2 object graph) restores variables by object
+and can pass where a server fails, so every signature is run through both, in a
+fresh process, and the answers must agree for the same inputs and seed.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT
+from ncsn_tf import export
+from ncsn_tf import train_lib
+from test_image_training import config_from_flagfile
+from test_train_lib import tiny_config
+
+# Runs every signature of the export at argv[1] with the inputs in argv[2]
+# (an .npz of `<signature>/<input>` arrays) through both loaders, in a process
+# that has never seen the model, and writes `<loader>/<signature>/<output>`.
+TWO_LOADERS_SCRIPT = """
+import sys
+import numpy as np
+import tensorflow as tf
+path, inputs_path, out_path = sys.argv[1:4]
+arrays = np.load(inputs_path)
+inputs = {}
+for key in arrays.files:
+  signature, name = key.split('/')
+  inputs.setdefault(signature, {})[name] = arrays[key]
+results = {}
+
+loaded = tf.saved_model.load(path)
+for signature, feed in inputs.items():
+  outputs = loaded.signatures[signature](**{k: tf.constant(v) for k, v in feed.items()})
+  for name, value in outputs.items():
+    results[f'object_graph/{signature}/{name}'] = value.numpy()
+
+with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+  meta_graph = tf.compat.v1.saved_model.loader.load(session, ['serve'], path)
+  for signature, feed in inputs.items():
+    definition = meta_graph.signature_def[signature]
+    fetches = {name: info.name for name, info in definition.outputs.items()}
+    feed_dict = {definition.inputs[k].name: v for k, v in feed.items()}
+    for name, value in session.run(fetches, feed_dict).items():
+      results[f'session/{signature}/{name}'] = value
+np.savez(out_path, **results)
+"""
+
+
+def _toy_export(tmp_path):
+  config = tiny_config(tmp_path / 'toy', train_steps=10, ema_rate=0.9)
+  state = train_lib.train(config)
+  rng = np.random.default_rng(0)
+  inputs = {
+      'score/x': rng.normal(scale=5, size=(6, 2)).astype(np.float32),
+      'score/sigma_index': (np.arange(6) % 4).astype(np.int32),
+      'sample/num_samples': np.int32(5), 'sample/seed': np.int32(1)}
+  return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs)
+
+
+def _image_export(tmp_path):
+  config = config_from_flagfile(
+      'shapes', '--ngf=4', '--image_size=16', '--num_scales=3', '--n_steps_each=2',
+      '--train_steps=2', '--batch_size=4', '--heldout_batches=0', '--summary_samples=0',
+      f'--workdir={tmp_path}/shapes', f'--export_dir={tmp_path}/shapes_export')
+  state = train_lib.train(config)
+  rng = np.random.default_rng(1)
+  images = rng.random((2, 16, 16, 3)).astype(np.float32)
+  mask = np.zeros_like(images)
+  mask[:, :, :8] = 1.0
+  inputs = {
+      'score/x': images, 'score/sigma_index': np.array([0, 2], np.int32),
+      'sample/num_samples': np.int32(3), 'sample/seed': np.int32(4),
+      'inpaint/images': images, 'inpaint/mask': mask, 'inpaint/seed': np.int32(5)}
+  return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs)
+
+
+def _with_serving_default(inputs):
+  """`serving_default` is `score`: feed it the same inputs."""
+  return {**inputs, **{f'serving_default/{k}': inputs[f'score/{k}'] for k in ('x', 'sigma_index')}}
+
+
+def _run_both_loaders(path, inputs, tmp_path):
+  np.savez(tmp_path / 'inputs.npz', **inputs)
+  out = subprocess.run([sys.executable, '-c', TWO_LOADERS_SCRIPT, path, str(tmp_path / 'inputs.npz'),
+                        str(tmp_path / 'outputs.npz')], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return dict(np.load(tmp_path / 'outputs.npz'))
+
+
+@pytest.fixture(scope='module')
+def exports(tmp_path_factory):
+  """Two exports, made and answered once for this module.
+
+  {'toy' | 'image': (path, inputs, results)}, results as `_run_both_loaders`
+  writes them: `<object_graph | session>/<signature>/<output>`.
+  """
+  root = tmp_path_factory.mktemp('serving')
+  out = {}
+  for kind, make in (('toy', _toy_export), ('image', _image_export)):
+    path, inputs = make(root)
+    answers = root / f'{kind}_answers'
+    answers.mkdir()
+    out[kind] = (path, inputs, _run_both_loaders(path, inputs, answers))
+  return out
+
+
+@pytest.mark.parametrize('kind', ['toy', 'image'])
+def test_every_signature_answers_through_the_session_loader_as_through_tf2(exports, kind):
+  path, inputs, results = exports[kind]
+  signatures = {key.split('/')[0] for key in inputs}
+  expected = {'score', 'sample', 'serving_default'} | ({'inpaint'} if kind == 'image' else set())
+  assert signatures == expected  # Every signature of the export is exercised.
+  session_keys = sorted(k for k in results if k.startswith('session/'))
+  assert [k.split('/', 1)[1] for k in session_keys] == sorted(
+      k.split('/', 1)[1] for k in results if k.startswith('object_graph/'))
+  for key in session_keys:
+    # Same graph, same weights, same stateless seeds: the two loaders run the
+    # same ops, so they agree to float32 round-off of kernel choice.
+    np.testing.assert_allclose(results[key], results['object_graph/' + key.split('/', 1)[1]],
+                               rtol=1e-5, atol=1e-5, err_msg=key)
+    assert np.all(np.isfinite(results[key])), key
+  assert results['session/sample/samples'].shape[0] == int(inputs['sample/num_samples'])
+
+
+def _saved_model_cli(*args):
+  cli = os.path.join(os.path.dirname(sys.executable), 'saved_model_cli')
+  return subprocess.run([cli, *args], capture_output=True, text=True,
+                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+
+
+def _cli_run(path, signature, input_exprs, outdir):
+  result = _saved_model_cli('run', '--dir', path, '--tag_set', 'serve', '--signature_def', signature,
+                            '--input_exprs', input_exprs, '--outdir', str(outdir), '--overwrite')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.parametrize('kind', ['toy', 'image'])
+def test_saved_model_cli_runs_score_and_sample(exports, kind, tmp_path):
+  path, inputs, reference = exports[kind]
+  x, index = inputs['score/x'], inputs['score/sigma_index']
+  np.save(tmp_path / 'x.npy', x)
+  np.save(tmp_path / 'index.npy', index)
+  # --inputs reads .npy files; --input_exprs takes Python literals.
+  score = _saved_model_cli('run', '--dir', path, '--tag_set', 'serve', '--signature_def', 'score',
+                           '--inputs', f'x={tmp_path}/x.npy;sigma_index={tmp_path}/index.npy',
+                           '--outdir', str(tmp_path / 'score'), '--overwrite')
+  assert score.returncode == 0, score.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / 'score' / 'score.npy'),
+                             reference['object_graph/score/score'], rtol=1e-5, atol=1e-5)
+  num, seed = int(inputs['sample/num_samples']), int(inputs['sample/seed'])
+  _cli_run(path, 'sample', f'num_samples={num};seed={seed}', tmp_path / 'sample')
+  np.testing.assert_allclose(np.load(tmp_path / 'sample' / 'samples.npy'),
+                             reference['object_graph/sample/samples'], rtol=1e-5, atol=1e-5)
+
+
+def test_saved_model_cli_prints_the_samples_of_the_readme_command(exports):
+  path, _, _ = exports['toy']
+  result = _saved_model_cli('run', '--dir', path, '--tag_set', 'serve', '--signature_def', 'sample',
+                            '--input_exprs', 'num_samples=5;seed=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = result.stdout.split('Result for output key samples:')[1]
+  rows = re.findall(r'\[\s*(-?[\d.e+-]+)\s+(-?[\d.e+-]+)\s*\]', printed)
+  assert len(rows) == 5
+
+
+def _documented_signatures():
+  """{signature: {'inputs': {name: dtype}, 'outputs': {...}}} from saved_models/README.md."""
+  with open(os.path.join(REPO_ROOT, 'saved_models', 'README.md')) as f:
+    text = f.read()
+  table = text.split('## Signatures', 1)[1].split('\n\n', 2)[1]
+  documented = {}
+  for line in table.splitlines()[2:]:
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    names = re.findall(r'`(\w+)`', cells[0])
+    entry = {side: dict(re.findall(r'`(\w+)` (\w+)', cell))
+             for side, cell in (('inputs', cells[1]), ('outputs', cells[2]))}
+    for name in names:
+      documented[name] = entry
+  return documented
+
+
+@pytest.mark.parametrize('kind', ['toy', 'image'])
+def test_the_documented_serving_contract_matches_the_export(exports, kind):
+  path, _, _ = exports[kind]
+  documented = _documented_signatures()
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, ['serve'], path)
+  assert meta_graph.signature_def, path
+  for name, definition in meta_graph.signature_def.items():
+    if name.startswith('__'):  # The SavedModel's own init op, not a serving signature.
+      continue
+    assert name in documented, f'signature {name!r} is not documented in saved_models/README.md'
+    for side in ('inputs', 'outputs'):
+      actual = {k: tf.dtypes.as_dtype(v.dtype).name for k, v in getattr(definition, side).items()}
+      assert actual == documented[name][side], (name, side)
+
+
+def test_the_documented_rest_requests_name_real_inputs():
+  with open(os.path.join(REPO_ROOT, 'saved_models', 'README.md')) as f:
+    text = f.read()
+  documented = _documented_signatures()
+  bodies = re.findall(r"-d '(\{.*?\})'", text)
+  assert bodies, 'saved_models/README.md shows no REST request'
+  for body in bodies:
+    request = json.loads(body)
+    signature = request.get('signature_name', 'serving_default')
+    assert set(request['inputs']) == set(documented[signature]['inputs']), body
