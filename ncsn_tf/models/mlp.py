@@ -2,7 +2,7 @@
 
 Each hidden layer is Dense -> per-σ affine (γ_i, β_i, the conditional analogue
 of CIN++ for vectors) -> softplus. Two choices make one small network cover
-σ from 20 down to 0.1 in the toy runs, and both are stated in the README:
+σ from 20 down to 0.1 in the toy runs (docs/toy.md, "The toy network"):
 
 * the input is preconditioned by 1/sqrt(1 + σ_i²), so the network sees inputs
   of similar size at every level;

@@ -3,7 +3,7 @@
 The paper's RefineNet (`refinenet.py`) keeps the full and half resolutions only
 and grows its receptive field with dilations. On a 2-core CPU, with minutes of
 training, it learned the offline `shapes` images slowly: flat blobs rather than
-discs, squares and triangles (README, "Where the samples lose their shapes").
+discs, squares and triangles (docs/images.md, "Where the samples lose their shapes").
 This network is the other common design of score models, the U-Net of DDPM
 (Ho et al. 2020) and of the score-SDE models (Song et al. 2021, NCSN++), cut
 down for a CPU: no attention, no dropout, average pooling down and nearest
