@@ -4,6 +4,11 @@
 invalid value raises `ConfigError` whose message names the command-line flag
 and what is allowed, so `run.py` can print it as one line and exit nonzero
 before any work is done.
+
+Every field is declared with `setting(default, help, ...)`: its flag name, help
+text, allowed values and resume-safety live in the field's metadata, from which
+ncsn_tf/flags.py defines the command-line flags and builds the Config, and
+`python -m ncsn_tf.configuration_doc` writes docs/configuration.md.
 """
 
 import dataclasses
@@ -42,14 +47,43 @@ class ConfigError(ValueError):
   """An invalid configuration value; the message starts with the flag name."""
 
 
+def setting(default, help: str, *, flag: str | None = None, choices: tuple | None = None,
+            enum: bool = False, resume_safe: bool = False, derived: str | None = None):
+  """A Config field with everything its command-line flag needs, in one place.
+
+  default: the field's default, and the flag's (unless `derived`).
+  help: the flag's help text (`--help` and docs/configuration.md).
+  flag: the flag's name when it is not the field's name (--model fills ModelConfig.name).
+  choices: the allowed values; `validate` checks them ("must be one of ...").
+  enum: the flag is an absl enum (absl rejects other values while parsing);
+    otherwise a value outside `choices` fails in `validate` with a ConfigError.
+  resume_safe: the value may change between runs on one workdir (RESUME_SAFE_FIELDS).
+  derived: the flag defaults to None and an unset or empty flag takes this
+    template's value, formatted with {name} (the config name) and {flagfile}
+    (the last flagfile's name without .cfg).
+
+  The flag's type follows the field's annotation: str (or str | None), int, float, bool.
+  ncsn_tf/flags.py defines every flag from these fields and builds the Config
+  from them; `python -m ncsn_tf.configuration_doc` writes docs/configuration.md.
+  """
+  if enum and not choices:
+    raise ValueError('enum=True needs choices')
+  metadata = {'help': help, 'flag': flag, 'choices': tuple(choices) if choices else None,
+              'enum': enum, 'resume_safe': resume_safe, 'derived': derived}
+  return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  dataset: str = 'gmm'              # --dataset
-  data_dir: str | None = None       # --data_dir: passed to tfds
-  data_path: str | None = None      # --data_path: image folder for --dataset=folder
-  image_size: int = 32              # --image_size
-  random_flip: bool = True          # --random_flip
-  logit_transform: bool = False     # --logit_transform
+  """The dataset and its preprocessing (ncsn_tf/data/)."""
+  dataset: str = setting('gmm', f'One of {", ".join(TOY_DATASETS + IMAGE_DATASETS)}.',
+                         choices=TOY_DATASETS + IMAGE_DATASETS)
+  data_dir: str | None = setting(None, 'tensorflow_datasets data_dir.', resume_safe=True)
+  data_path: str | None = setting(None, 'Folder of JPEG/PNG images for --dataset=folder.',
+                                  resume_safe=True)
+  image_size: int = setting(32, 'Image height and width.')
+  random_flip: bool = setting(True, 'Random horizontal flips (CIFAR-10, CelebA).')
+  logit_transform: bool = setting(False, 'Train in logit space.')
 
   @property
   def is_toy(self) -> bool:
@@ -58,86 +92,152 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  name: str = 'mlp'                 # --model
-  sigma_begin: float = 20.0         # --sigma_begin (σ_1)
-  sigma_end: float = 1.0            # --sigma_end (σ_L)
-  num_scales: int = 10              # --num_scales (L)
-  ngf: int = 128                    # --ngf: RefineNet / U-Net base width, or MLP hidden units
-  num_layers: int = 3               # --num_layers: MLP hidden layers
-  scale_by_sigma: bool = True       # --scale_by_sigma: score output divided by σ_i
-  conditional_norm: bool = True     # --conditional_norm: per-level CIN++ rows (RefineNet)
-  preconditioning: str = 'none'     # --preconditioning: none | edm (RefineNet, U-Net; Karras et al. 2022)
-  sigma_data: float = 0.25          # --sigma_data: data std for edm, in the data's units
-  unet_norm: str = 'group'          # --unet_norm: group | none (U-Net normalisation)
+  """The score network and its noise ladder (ncsn_tf/models/, ncsn_tf/sigmas.py)."""
+  name: str = setting('mlp', f'One of {", ".join(MODELS)}.', flag='model', choices=MODELS)
+  sigma_begin: float = setting(20.0, 'σ_1, the largest noise level.')
+  sigma_end: float = setting(1.0, 'σ_L, the smallest noise level.')
+  num_scales: int = setting(10, 'L, the number of noise levels.')
+  ngf: int = setting(128, 'RefineNet / U-Net base width (filters), or MLP hidden units.')
+  num_layers: int = setting(3, 'MLP hidden layers.')
+  scale_by_sigma: bool = setting(
+      True, "Score output divided by σ_i (NCSNv2 technique 3); false in the paper's image flagfiles.")
+  conditional_norm: bool = setting(
+      True, 'RefineNet normalizers: one CIN++ row per noise level (the paper), or false: '
+      'one shared InstanceNorm++ row, the level entering only through '
+      '--scale_by_sigma (NCSNv2) or --preconditioning=edm.')
+  preconditioning: str = setting(
+      'none', 'RefineNet / U-Net output: none (the network gives the score, or score·σ_i with '
+      '--scale_by_sigma) or edm (Karras et al. 2022: a denoiser '
+      'D = c_skip·y + c_out·F(c_in·y); needs --scale_by_sigma=false).', choices=PRECONDITIONINGS)
+  sigma_data: float = setting(
+      0.25, 'edm: the data standard deviation, in the data units of --sigma_begin '
+      '(0.25 = EDM\'s 0.5 for images in [-1, 1]).')
+  unet_norm: str = setting(
+      'group', 'U-Net normalisation: group (GroupNorm in every residual block) or none '
+      '(no normalisation, the input scaled to unit variance at every level; '
+      'half the cost of a small U-Net\'s step on a CPU). Other models ignore it.',
+      choices=UNET_NORMS)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  loss: str = 'anneal_dsm'          # --loss
-  batch_size: int = 128             # --batch_size (global, over all replicas)
-  learning_rate: float = 1e-3       # --learning_rate (Adam)
-  beta1: float = 0.9                # --beta1 (Adam)
-  lr_schedule: str = 'constant'     # --lr_schedule: constant | cosine (to 0 at --train_steps)
-  warmup_steps: int = 0             # --warmup_steps: linear ramp 0 -> learning_rate
-  level_sampling: str = 'uniform'   # --level_sampling: uniform (the paper) | lognormal (EDM)
-  level_log_mean: float = -1.2      # --level_log_mean: lognormal: mean of log σ
-  level_log_std: float = 1.2        # --level_log_std: lognormal: std of log σ
-  train_steps: int = 5000           # --train_steps
-  train_minutes: float = 0.0        # --train_minutes: stop once training has taken this long in all (0: no limit)
-  snapshot_freq: int = 1000         # --snapshot_freq: checkpoint and sample every N steps
-  log_freq: int = 100               # --log_freq: scalars every N steps
-  ema_rate: float = 0.0             # --ema_rate: 0 disables the EMA of weights
-  num_cpu_replicas: int = 0         # --num_cpu_replicas: split the CPU into N logical devices
-  max_checkpoints: int = 5          # --max_checkpoints
-  heldout_batches: int = 4          # --heldout_batches: held-out DSM loss batches per snapshot
-  precision: str = 'auto'           # --precision: auto picks the fastest measured per device
-  jit_compile: bool = False         # --jit_compile: XLA-compile the per-replica step
-  num_projections: int = 1          # --num_projections: slicing vectors per example (SSM)
-  projection: str = 'gaussian'      # --projection: gaussian or rademacher slicing vectors
-  strategy: str = 'auto'            # --strategy: auto | mirrored | multi_worker (TF_CONFIG)
-  skip_nonfinite: bool = False      # --skip_nonfinite: skip (and count) non-finite steps
-  deterministic: bool = False       # --deterministic: TF op determinism (bitwise resumes)
-  max_chunk_steps: int = 100        # --max_chunk_steps: steps per tf.function call (preemption latency)
+  """The optimisation, the training loop and its devices (ncsn_tf/train_lib.py)."""
+  loss: str = setting('anneal_dsm', f'One of {", ".join(LOSSES)}.', choices=LOSSES)
+  batch_size: int = setting(128, 'Global batch size.')
+  learning_rate: float = setting(1e-3, 'Adam learning rate.')
+  beta1: float = setting(0.9, 'Adam β1.')
+  lr_schedule: str = setting(
+      'constant', f'One of {", ".join(LR_SCHEDULES)}: constant --learning_rate, or '
+      'a cosine decay from it to 0 at --train_steps.', choices=LR_SCHEDULES)
+  warmup_steps: int = setting(0, 'Linear learning-rate warmup from 0 over the first N steps.')
+  level_sampling: str = setting(
+      'uniform', f'One of {", ".join(LEVEL_SAMPLINGS)}: how training draws each '
+      'example\'s noise level; uniform over the ladder (the paper), or log σ ~ '
+      'N(--level_log_mean, --level_log_std²) over it (EDM).', choices=LEVEL_SAMPLINGS)
+  level_log_mean: float = setting(-1.2, '--level_sampling=lognormal: mean of log σ (EDM\'s P_mean).')
+  level_log_std: float = setting(
+      1.2, '--level_sampling=lognormal: standard deviation of log σ (EDM\'s P_std).')
+  train_steps: int = setting(5000, 'Total training steps.', resume_safe=True)
+  train_minutes: float = setting(
+      0.0, 'Stop training before --train_steps once the training loop has run this many '
+      'minutes, counted over resumes (0: no limit); the run then samples and '
+      'exports as if it had reached --train_steps.', resume_safe=True)
+  snapshot_freq: int = setting(1000, 'Checkpoint (and image samples) every N steps.',
+                               resume_safe=True)
+  log_freq: int = setting(100, 'TensorBoard scalars every N steps.', resume_safe=True)
+  ema_rate: float = setting(0.0, 'EMA decay of the weights; 0 disables.')
+  num_cpu_replicas: int = setting(
+      0, 'Split the CPU into N logical devices for MirroredStrategy (0: off).', resume_safe=True)
+  max_checkpoints: int = setting(5, 'Checkpoints kept.', resume_safe=True)
+  heldout_batches: int = setting(
+      4, 'Batches of held-out data for the DSM loss logged at each snapshot.', resume_safe=True)
+  precision: str = setting(
+      'auto', f'One of {", ".join(PRECISIONS)}; auto picks the fastest per device.',
+      choices=PRECISIONS)
+  jit_compile: bool = setting(False, 'XLA-compile the per-replica training step.',
+                              resume_safe=True)
+  num_projections: int = setting(1, 'Sliced score matching: projection vectors per example.')
+  projection: str = setting('gaussian', 'Sliced score matching: distribution of the projection vectors.',
+                            choices=PROJECTIONS, enum=True)
+  strategy: str = setting(
+      'auto', 'auto: all GPUs or --num_cpu_replicas, else one device; mirrored: '
+      'MirroredStrategy on this machine; multi_worker: MultiWorkerMirroredStrategy '
+      'over the cluster in TF_CONFIG.', choices=STRATEGIES, enum=True, resume_safe=True)
+  skip_nonfinite: bool = setting(
+      False, 'Skip steps with a non-finite loss or gradient (counted in TensorBoard) '
+      'instead of stopping.', resume_safe=True)
+  deterministic: bool = setting(
+      False, 'TF op determinism: a resumed run ends with the same weights bit for bit.',
+      resume_safe=True)
+  max_chunk_steps: int = setting(
+      100, 'Most steps per tf.function call; bounds how long SIGTERM waits for a save.',
+      resume_safe=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  n_steps_each: int = 100           # --n_steps_each (T)
-  step_lr: float = 0.05             # --step_lr (ε; update x + ε_i s + sqrt(2 ε_i) z)
-  num_samples: int = 1280           # --num_samples
-  sample_batch_size: int = 1280     # --sample_batch_size
-  denoise: bool = False             # --denoise: final noise-free step
-  num_snapshots: int = 10           # --num_snapshots: chain states kept for strips/GIFs
-  summary_samples: int = 16         # --summary_samples: image samples logged at each snapshot
-  inpaint_mask: str = 'right'       # --inpaint_mask: right|left|top|bottom|center|random|PATH.png
-  num_inpaint_images: int = 8       # --num_inpaint_images: test images to complete
-  inpaint_completions: int = 4      # --inpaint_completions: completions per image
+  """Annealed Langevin dynamics and inpainting (ncsn_tf/sampling/); all resume-safe."""
+  n_steps_each: int = setting(100, 'T, Langevin steps per noise level.', resume_safe=True)
+  step_lr: float = setting(0.05, 'ε: step ε_i = ε (σ_i/σ_L)², update x + ε_i s + sqrt(2ε_i) z.',
+                           resume_safe=True)
+  num_samples: int = setting(1280, 'Samples drawn after training and by --mode=sample.',
+                             resume_safe=True)
+  sample_batch_size: int = setting(1280, 'Samples per sampler call.', resume_safe=True)
+  denoise: bool = setting(False, 'Final noise-free denoising step (NCSNv2).', resume_safe=True)
+  num_snapshots: int = setting(10, 'Chain states kept for strips and GIFs.', resume_safe=True)
+  summary_samples: int = setting(16, 'Image samples drawn for TensorBoard at each snapshot (0: none).',
+                                 resume_safe=True)
+  inpaint_mask: str = setting(
+      'right', 'right, left, top, bottom, center, random, or a mask image (white = known).',
+      resume_safe=True)
+  num_inpaint_images: int = setting(8, 'Test images to inpaint.', resume_safe=True)
+  inpaint_completions: int = setting(4, 'Completions per image.', resume_safe=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-  export_dir: str = ''              # --export_dir
+  """The SavedModel export (ncsn_tf/export.py)."""
+  export_dir: str = setting('', 'SavedModel root; default saved_models/<config name>.',
+                            resume_safe=True, derived=os.path.join('saved_models', '{name}'))
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  num_samples: int = 50_000         # --eval_samples: samples for IS/FID/KID (0: held-out loss only)
-  batch_size: int = 500             # --eval_batch_size: images per sampler call and Inception batch
-  checkpoints: str = 'latest'       # --eval_checkpoints: latest | all | STEP,STEP,...
-  inception_kind: str = 'fid_graph'  # --inception_kind: fid_graph | keras | tiny_random
-  inception_path: str = ''          # --inception_path: classify_image_graph_def.pb or keras weights
-  reference_stats: str = ''         # --reference_stats: .npz (mu, sigma); default cached in workdir
-  reference_split: str = 'train'    # --reference_split: dataset split for computed statistics
-  reference_images: int = 0         # --reference_images: images for computed statistics (0: all)
+  """Sample quality: Inception Score, FID and KID (ncsn_tf/evaluation.py, docs/evaluation.md)."""
+  num_samples: int = setting(
+      50_000, 'Samples for Inception Score, FID and KID (50000 as published; 0: held-out loss only).',
+      flag='eval_samples')
+  batch_size: int = setting(500, 'Images per sampler call and Inception batch.',
+                            flag='eval_batch_size')
+  checkpoints: str = setting('latest', 'Checkpoints --mode=eval evaluates: latest, all, or '
+                             'comma-separated steps.', flag='eval_checkpoints')
+  inception_kind: str = setting(
+      'fid_graph', f'One of {", ".join(INCEPTION_KINDS)}: fid_graph is the 2015 graph of '
+      'published FID/IS; keras (InceptionV3) and tiny_random are not comparable.',
+      choices=INCEPTION_KINDS)
+  inception_path: str = setting(
+      '', 'classify_image_graph_def.pb (or its directory) for fid_graph; a weights file for keras.')
+  reference_stats: str = setting(
+      '', 'FID statistics .npz (mu, sigma; TTUR files load as-is). Default: computed from '
+      '--reference_split and cached under <workdir>/reference_stats/.')
+  reference_split: str = setting('train', 'Dataset split for computed statistics.')
+  reference_images: int = setting(0, 'Images for computed statistics (0: the whole split).')
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  name: str = 'default'
-  workdir: str = ''
-  mode: str = 'train'
-  seed: int = 0
-  experiment: str = 'all'           # --experiment: which lab figure/table --mode=experiment makes
+  """The run: its name, directory and mode, and one group per concern."""
+  name: str = setting('default', 'Name of this configuration; default: the flagfile name without .cfg.',
+                      flag='config_name', resume_safe=True, derived='{flagfile}')
+  workdir: str = setting('', 'Run directory; default runs/<config name>.', resume_safe=True,
+                         derived=os.path.join('runs', '{name}'))
+  mode: str = setting(
+      'train', 'train (then sample, evaluate, export), sample, eval, export, experiment (toy lab), '
+      'inpaint (images) or stats (FID reference statistics of a dataset split).',
+      choices=MODES, enum=True, resume_safe=True)
+  seed: int = setting(0, 'Global seed: data, noise levels, Langevin noise.')
+  experiment: str = setting('all', 'With --mode=experiment: the score-matching lab figure/table to make.',
+                            choices=EXPERIMENTS, enum=True, resume_safe=True)
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   train: TrainConfig = TrainConfig()
@@ -168,18 +268,100 @@ class Config:
     return dataclasses.replace(self, **updates)
 
 
+#: Config's groups by field name; Config's own fields (name, workdir, ...) form the group 'run'.
+GROUPS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig,
+          'sampling': SamplingConfig, 'export': ExportConfig, 'eval': EvalConfig}
+_FLAG_TYPES = (str, int, float, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One command-line setting: a Config field declared with `setting`, and its flag."""
+  path: str                  # 'train.batch_size'; Config's own fields: 'workdir'
+  group: str                 # 'run', 'data', 'model', 'train', 'sampling', 'export', 'eval'
+  field: dataclasses.Field
+
+  @property
+  def flag(self) -> str:
+    return self.field.metadata['flag'] or self.field.name
+
+  @property
+  def help(self) -> str:
+    return self.field.metadata['help']
+
+  @property
+  def choices(self) -> tuple | None:
+    return self.field.metadata['choices']
+
+  @property
+  def enum(self) -> bool:
+    return self.field.metadata['enum']
+
+  @property
+  def resume_safe(self) -> bool:
+    return self.field.metadata['resume_safe']
+
+  @property
+  def derived(self) -> str | None:
+    return self.field.metadata['derived']
+
+  @property
+  def default(self):
+    return self.field.default
+
+  @property
+  def value_type(self) -> type:
+    """str, int, float or bool, from the annotation (str | None gives str)."""
+    annotation = self.field.type
+    if annotation in _FLAG_TYPES:
+      return annotation
+    args = tuple(a for a in getattr(annotation, '__args__', ()) if a is not type(None))
+    if len(args) == 1 and args[0] in _FLAG_TYPES and type(None) in annotation.__args__:
+      return args[0]
+    raise TypeError(f'{self.path}: a setting must be annotated str, int, float, bool or '
+                    f'X | None, got {annotation!r}')
+
+  def get(self, config: 'Config'):
+    value = config
+    for part in self.path.split('.'):
+      value = getattr(value, part)
+    return value
+
+
+def _settings_of(cls, prefix: str, group: str) -> list:
+  return [Setting(prefix + f.name, group, f) for f in dataclasses.fields(cls)
+          if f.name not in GROUPS or cls is not Config]
+
+
+def settings() -> tuple:
+  """Every setting, Config's own first, then group by group, in field order."""
+  found = _settings_of(Config, '', 'run')
+  for group, cls in GROUPS.items():
+    found += _settings_of(cls, f'{group}.', group)
+  for s in found:
+    if 'help' not in s.field.metadata:
+      raise TypeError(f'{s.path}: declare Config fields with config.setting(...)')
+  return tuple(found)
+
+
 def _require(condition: bool, flag: str, message: str):
   if not condition:
     raise ConfigError(f'--{flag}: {message}')
 
 
 def validate(config: Config) -> Config:
-  """Checks every field; returns `config` or raises ConfigError naming the flag."""
-  _require(config.mode in MODES, 'mode', f'must be one of {", ".join(MODES)}, got {config.mode!r}')
+  """Checks every field; returns `config` or raises ConfigError naming the flag.
+
+  Fields with `choices` are checked here first, for every setting alike; the
+  rest of the checks are per field and across fields.
+  """
+  for s in settings():
+    if s.choices:
+      value = s.get(config)
+      _require(value in s.choices, s.flag,
+               f'must be one of {", ".join(s.choices)}, got {value!r}')
   _require(bool(config.workdir), 'workdir', 'must not be empty')
   _require(config.seed >= 0, 'seed', f'must be >= 0, got {config.seed}')
-  _require(config.experiment in EXPERIMENTS, 'experiment',
-           f'must be one of {", ".join(EXPERIMENTS)}, got {config.experiment!r}')
   if config.mode == 'inpaint':
     _require(not config.data.is_toy, 'mode', 'inpaint needs an image --dataset')
   if config.mode == 'experiment':
@@ -237,8 +419,6 @@ def num_workers(train: 'TrainConfig') -> int:
 
 
 def _validate_data(data: DataConfig):
-  known = TOY_DATASETS + IMAGE_DATASETS
-  _require(data.dataset in known, 'dataset', f'must be one of {", ".join(known)}, got {data.dataset!r}')
   if data.dataset == 'folder':
     _require(bool(data.data_path), 'data_path', 'is required with --dataset=folder')
     _require(os.path.isdir(data.data_path), 'data_path', f'{data.data_path!r} is not a directory')
@@ -250,7 +430,6 @@ def _validate_data(data: DataConfig):
 
 
 def _validate_model(model: ModelConfig, data: DataConfig):
-  _require(model.name in MODELS, 'model', f'must be one of {", ".join(MODELS)}, got {model.name!r}')
   if data.is_toy:
     _require(model.name == 'mlp', 'model', f'toy datasets use --model=mlp, got {model.name!r}')
   else:
@@ -274,10 +453,6 @@ def _validate_model(model: ModelConfig, data: DataConfig):
              'normalizers only the output scaling tells the noise levels apart')
   # Checked for every model, used by the U-Net only (as --ngf is shared), so a
   # flagfile that sets it can be rerun with --model=refinenet.
-  _require(model.unet_norm in UNET_NORMS, 'unet_norm',
-           f'must be one of {", ".join(UNET_NORMS)}, got {model.unet_norm!r}')
-  _require(model.preconditioning in PRECONDITIONINGS, 'preconditioning',
-           f'must be one of {", ".join(PRECONDITIONINGS)}, got {model.preconditioning!r}')
   if model.preconditioning == 'edm':
     _require(model.name in IMAGE_MODELS, 'preconditioning',
              f'edm applies to --model={" or ".join(IMAGE_MODELS)}, got {model.name!r}')
@@ -287,18 +462,11 @@ def _validate_model(model: ModelConfig, data: DataConfig):
 
 
 def _validate_train(train: TrainConfig):
-  _require(train.loss in LOSSES, 'loss', f'must be one of {", ".join(LOSSES)}, got {train.loss!r}')
   _require(train.batch_size >= 1, 'batch_size', f'must be >= 1, got {train.batch_size}')
   _require(train.num_projections >= 1, 'num_projections', f'must be >= 1, got {train.num_projections}')
-  _require(train.projection in PROJECTIONS, 'projection',
-           f'must be one of {", ".join(PROJECTIONS)}, got {train.projection!r}')
   _require(train.learning_rate > 0, 'learning_rate', f'must be > 0, got {train.learning_rate}')
   _require(0 <= train.beta1 < 1, 'beta1', f'must be in [0, 1), got {train.beta1}')
-  _require(train.lr_schedule in LR_SCHEDULES, 'lr_schedule',
-           f'must be one of {", ".join(LR_SCHEDULES)}, got {train.lr_schedule!r}')
   _require(train.warmup_steps >= 0, 'warmup_steps', f'must be >= 0, got {train.warmup_steps}')
-  _require(train.level_sampling in LEVEL_SAMPLINGS, 'level_sampling',
-           f'must be one of {", ".join(LEVEL_SAMPLINGS)}, got {train.level_sampling!r}')
   _require(train.level_log_std > 0, 'level_log_std', f'must be > 0, got {train.level_log_std}')
   _require(train.train_steps >= 0, 'train_steps', f'must be >= 0, got {train.train_steps}')
   _require(train.train_minutes >= 0, 'train_minutes', f'must be >= 0, got {train.train_minutes}')
@@ -310,13 +478,9 @@ def _validate_train(train: TrainConfig):
   if train.num_cpu_replicas > 1:
     _require(train.batch_size % train.num_cpu_replicas == 0, 'batch_size',
              f'({train.batch_size}) must be divisible by --num_cpu_replicas ({train.num_cpu_replicas})')
-  _require(train.precision in PRECISIONS, 'precision',
-           f'must be one of {", ".join(PRECISIONS)}, got {train.precision!r}')
   _require(train.heldout_batches >= 0, 'heldout_batches',
            f'must be >= 0, got {train.heldout_batches}')
   _require(train.max_checkpoints >= 1, 'max_checkpoints', f'must be >= 1, got {train.max_checkpoints}')
-  _require(train.strategy in STRATEGIES, 'strategy',
-           f'must be one of {", ".join(STRATEGIES)}, got {train.strategy!r}')
   _require(train.max_chunk_steps >= 1, 'max_chunk_steps', f'must be >= 1, got {train.max_chunk_steps}')
   if train.strategy == 'multi_worker':
     _require(tf_config_cluster() is not None, 'strategy',
@@ -358,8 +522,6 @@ def _validate_eval(config: Config):
   steps = ev.checkpoints.split(',')
   _require(ev.checkpoints in ('latest', 'all') or all(s.strip().isdigit() for s in steps),
            'eval_checkpoints', f'must be latest, all or comma-separated steps, got {ev.checkpoints!r}')
-  _require(ev.inception_kind in INCEPTION_KINDS, 'inception_kind',
-           f'must be one of {", ".join(INCEPTION_KINDS)}, got {ev.inception_kind!r}')
   needs_features = not config.data.is_toy and (
       config.mode == 'stats' or (config.mode == 'eval' and ev.num_samples > 0))
   if needs_features and ev.inception_kind != 'tiny_random':
@@ -371,14 +533,10 @@ def _validate_eval(config: Config):
              f'{where} (or --eval_samples=0 for the held-out loss only)')
 
 
-#: Fields that may change between runs on one workdir: they change how long,
-#: how often, where and how a run executes, not which model it trains.
-RESUME_SAFE_FIELDS = frozenset({
-    'name', 'workdir', 'mode', 'experiment', 'data.data_dir', 'data.data_path',
-    'train.train_steps', 'train.train_minutes', 'train.snapshot_freq', 'train.log_freq', 'train.max_checkpoints',
-    'train.heldout_batches', 'train.num_cpu_replicas', 'train.jit_compile', 'train.strategy',
-    'train.skip_nonfinite', 'train.deterministic', 'train.max_chunk_steps',
-    'export.export_dir'}) | frozenset(f'sampling.{f.name}' for f in dataclasses.fields(SamplingConfig))
+#: Fields that may change between runs on one workdir (`setting(..., resume_safe=True)`):
+#: they change how long, how often, where and how a run executes, not which model it trains.
+RESUME_SAFE_FIELDS = frozenset(s.path for s in settings() if s.resume_safe)
+_FLAG_NAMES = {s.path: s.flag for s in settings()}
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:
@@ -401,6 +559,6 @@ def resume_mismatches(saved: dict, config: Config) -> list[str]:
   old = {**_flatten(Config().to_dict()), **_flatten(saved)}
   new = _flatten(config.to_dict())
   def flag(key):
-    return 'model' if key == 'model.name' else key.split('.')[-1]
+    return _FLAG_NAMES.get(key, key.split('.')[-1])
   return [f'--{flag(key)} {old[key]!r} -> {new[key]!r}' for key in sorted(new)
           if key in old and key not in RESUME_SAFE_FIELDS and old[key] != new[key]]

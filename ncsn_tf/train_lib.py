@@ -125,6 +125,41 @@ def _local_replicas(strategy: tf.distribute.Strategy) -> int:
     return 1
 
 
+def device_summary(strategy: tf.distribute.Strategy, policy: str, requested: str = '') -> str:
+  """'devices: 1 CPU, no GPU; strategy: default; precision: float32 (auto)'."""
+  cpus = len(tf.config.list_physical_devices('CPU'))
+  logical = len(tf.config.list_logical_devices('CPU'))
+  devices = f'{cpus} CPU' + (f' ({logical} logical)' if logical > cpus else '')
+  gpus = tf.config.list_physical_devices('GPU')
+  if gpus:
+    names = [tf.config.experimental.get_device_details(g).get('device_name', 'GPU') for g in gpus]
+    kinds = ', '.join(dict.fromkeys(names))
+    devices += f', {len(gpus)} GPU{"s" if len(gpus) > 1 else ""} ({kinds})'
+  else:
+    devices += ', no GPU'
+  kind = type(strategy).__name__
+  if kind == '_DefaultDistributionStrategy':
+    used = 'default'
+  else:
+    replicas = strategy.num_replicas_in_sync
+    used = f'{kind}, {replicas} replica{"s" if replicas > 1 else ""}'
+    if not is_chief(strategy):
+      used += ' (non-chief worker: no outputs)'
+  auto = ' (auto)' if requested == 'auto' else ''
+  return f'devices: {devices}; strategy: {used}; precision: {policy}{auto}'
+
+
+_LOGGED_DEVICES = set()
+
+
+def log_devices(strategy: tf.distribute.Strategy, policy: str, requested: str = ''):
+  """Logs `device_summary` once per process (again only if it changes)."""
+  line = device_summary(strategy, policy, requested)
+  if line not in _LOGGED_DEVICES:
+    _LOGGED_DEVICES.add(line)
+    logging.info('%s', line)
+
+
 # --- state -------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -160,6 +195,7 @@ def ladder(config: config_lib.Config) -> np.ndarray:
 def create_state(config: config_lib.Config, strategy: tf.distribute.Strategy) -> TrainState:
   shape = data_lib.data_shape(config.data)
   policy = precision.resolve(config.train.precision, config.model.name)
+  log_devices(strategy, policy, config.train.precision)
   # Same seed, same initial weights: a run is reproducible from its config.
   keras.utils.set_random_seed(config.seed)
   with strategy.scope(), precision.policy_scope(policy):
@@ -541,8 +577,6 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:
   chief = is_chief(strategy)
   if chief:
     write_config_json(config)
-  logging.info('strategy %s with %d replica(s)%s', type(strategy).__name__,
-               strategy.num_replicas_in_sync, '' if chief else ' (non-chief worker: no outputs)')
   state = create_state(config, strategy)
   state.chief = chief
   ckpt = state.checkpoint()
