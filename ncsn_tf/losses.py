@@ -1,7 +1,8 @@
 """Score-matching objectives as pure functions of a score function.
 
 A `score_fn(x, sigma_index)` maps perturbed data [N, ...] and noise-level
-indices [N] to scores [N, ...]. Losses know no model and no optimizer
+indices [N] to scores [N, ...] (the continuous-time DSM's `score_fn(x, sigma)`
+takes the noise levels σ float32 [N] instead). Losses know no model and no optimizer
 (score_sde's `get_smld_loss_fn` convention); randomness comes from a stateless
 `seed` (int32 [2]) so a step is a pure function of its inputs.
 """
@@ -254,6 +255,138 @@ def anneal_ssm_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 
   return loss * tf.reshape(used_sigmas, [-1])**2, sigma_index
 
 
+# --- continuous-time DSM (the SDE view, Song et al. 2021) ---------------------
+#
+# The score network here is a σ-network score_fn(x̃, sigma float32 [N]) (see
+# ncsn_tf/models/score_model.py), not an index network: the noise level is
+# drawn from a continuum, so no level index exists to pass.
+
+#: `weighting` values of `continuous_dsm_per_example`.
+CONTINUOUS_WEIGHTINGS = ('sigma2', 'likelihood')
+
+
+def nearest_level_index(sigma, sigmas):
+  """(index int32 [N], gap float32 [N]): each σ's nearest level of the ladder in log σ.
+
+  sigma: float32 [N] > 0; sigmas: float32 [L] > 0, any order (here index 0
+  largest). `gap` = |log σ − log σ_index|; a σ outside the ladder's range maps
+  to the nearer end (argmin never leaves [0, L)).
+  """
+  log_sigma = tf.math.log(tf.cast(sigma, tf.float32))
+  log_ladder = tf.math.log(tf.cast(sigmas, tf.float32))
+  distance = tf.abs(log_sigma[:, None] - log_ladder[None, :])            # [N, L]
+  return tf.argmin(distance, axis=1, output_type=tf.int32), tf.reduce_min(distance, axis=1)
+
+
+def _is_variance_exploding(sde) -> bool:
+  # Imported here, not at the top: losses stay importable without the SDE module.
+  from ncsn_tf import noise
+  return isinstance(sde, noise.VESDE)
+
+
+def continuous_noise_levels(x, sigmas, seed, *, sde=None, eps: float = 1e-5,
+                            weighting: str = 'sigma2'):
+  """The draws of `continuous_dsm_per_example`: (t [N], sigma [N], z like x, weight [N]).
+
+  One time t per example from the stateless `seed`, split in two (times, noise)
+  as the annealed losses split theirs:
+    * VE SDE (`sde` a noise.VESDE, or None for the VE SDE spanned by the ladder,
+      σ_min = sigmas[−1], σ_max = sigmas[0], T = 1): t ~ U(0, T), so
+      σ = σ_min (σ_max/σ_min)^(t/T) is log-uniform in [σ_min, σ_max];
+    * VP / sub-VP: t ~ U(eps, T), σ = sde.sigma_of_t(t) = std(t)/α(t).
+  z ~ N(0, I) with x's shape. `weight` is λ/σ² in the σ coordinates: 1 for
+  'sigma2', g(t)²/std(t)² for 'likelihood' (see `continuous_dsm_per_example`).
+  Exposed so tests (and diagnostics) can see exactly what the loss drew.
+  """
+  if weighting not in CONTINUOUS_WEIGHTINGS:
+    raise ValueError(f'unknown weighting {weighting!r}; choose from {CONTINUOUS_WEIGHTINGS}')
+  x = tf.cast(x, tf.float32)
+  sigmas = tf.cast(sigmas, tf.float32)
+  time_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  batch = tf.shape(x)[0]
+  u = tf.random.stateless_uniform([batch], time_seed)                    # U[0, 1)
+  z = tf.random.stateless_normal(tf.shape(x), noise_seed)
+  if sde is None:
+    # The ladder's VE SDE, in the graph (sigmas may be a tensor); T = 1.
+    log_ratio = tf.math.log(sigmas[0] / sigmas[-1])
+    t = u
+    sigma = sigmas[-1] * tf.exp(t * log_ratio)
+    likelihood_factor = lambda: 2.0 * log_ratio * tf.ones_like(sigma)   # g²/σ², constant for VE
+  else:
+    if _is_variance_exploding(sde):
+      lower = 0.0
+    else:
+      lower = float(eps)
+      if not 0.0 < lower < sde.T:
+        raise ValueError(f'continuous DSM needs 0 < eps < T = {sde.T:g}, got eps={eps}')
+    t = lower + (sde.T - lower) * u
+    sigma = sde.sigma_of_t(t)
+
+    def likelihood_factor():
+      _, diffusion = sde.sde(x, t)
+      _, std = sde.marginal(x, t)
+      return tf.square(diffusion / std)
+
+  weight = likelihood_factor() if weighting == 'likelihood' else tf.ones_like(sigma)
+  return t, sigma, z, weight
+
+
+def continuous_dsm_per_example(score_fn, x, sigmas, seed, *, sde=None, eps: float = 1e-5,
+                               weighting: str = 'sigma2'):
+  """Continuous-time DSM (Song et al. 2021, eq. 7), one term per example.
+
+  Per example a noise level is drawn (`continuous_noise_levels`: log-uniform σ
+  for VE, t ~ U(eps, T) and σ = σ(t) for VP/sub-VP), x̃ = x + σ z, and
+
+      loss = ½ λ ‖s(x̃, σ) − (−z/σ)‖²,   −z/σ = ∇ log q_σ(x̃ | x) (`dsm_target`).
+
+  x̃ is the VE-equivalent coordinate the σ-network sees: for VP/sub-VP the
+  kernel's x_t = α x + std z is x_t/α = x + σ z with σ = std/α, and
+  score_t(x_t) = s(x_t/α, σ)/α (`ScoreModel.score_t`).
+
+  Weightings (λ in these σ coordinates):
+    * 'sigma2': λ = σ², every level's term of order one (the paper's λ(σ),
+      and score_sde's default λ_t = std² for VP: with s_t = s/α and
+      σ = std/α, ½ std² ‖s_t + z/std‖² = ½ (std/α)² ‖s + α z/std‖²
+      = ½ σ² ‖s + z/σ‖², the same number exactly);
+    * 'likelihood': score_sde's λ_t = g(t)², which makes the objective a
+      bound on the negative log-likelihood (Song et al. 2021b). In σ
+      coordinates ½ g² ‖s_t + z/std‖² = ½ (g²/α²) ‖s + z/σ‖²
+      = (g²/std²) · ½ σ² ‖s + z/σ‖²: the 'sigma2' term times g(t)²/std(t)².
+      For VE (α = 1, std = σ, g² = σ² · 2 log(σ_max/σ_min)/T) the factor is
+      the constant 2 log(σ_max/σ_min)/T, so there it only rescales 'sigma2'.
+      For VP it grows like 1/t as t → 0: large-variance terms near eps.
+
+  Args:
+    score_fn: the σ-network, (x̃ float32 [N, ...], sigma float32 [N] > 0) -> [N, ...].
+    x: clean data float32 [N, ...].
+    sigmas: float32 [L], the ladder, index 0 largest: only for the returned
+      level index (and for the VE range when `sde` is None).
+    seed: int32 [2] stateless seed.
+    sde: a noise.VESDE / VPSDE / SubVPSDE, or None for the ladder's VE SDE.
+    eps: the smallest time for VP/sub-VP, in (0, T); unused for VE, whose
+      σ(0) = σ_min > 0 already keeps the score finite.
+    weighting: 'sigma2' or 'likelihood'.
+
+  Returns:
+    (loss [N] float32, level_index [N] int32): the nearest level of `sigmas`
+    to each drawn σ in log σ (the ends for σ outside the ladder), so per-level
+    loss statistics (`per_sigma_mean`) read as for the annealed losses.
+  """
+  x = tf.cast(x, tf.float32)
+  _, sigma, z, weight = continuous_noise_levels(x, sigmas, seed, sde=sde, eps=eps,
+                                             weighting=weighting)
+  used_sigmas = tf.reshape(sigma, tf.concat([[tf.shape(x)[0]], tf.ones([tf.rank(x) - 1], tf.int32)],
+                                            0))                          # [N, 1, ...]
+  perturbed_x = x + used_sigmas * z
+  score = tf.cast(score_fn(perturbed_x, sigma), tf.float32)
+  # σ s + z is σ(s − target) without forming z/σ: at σ_min = 1e-5·scale the
+  # target is huge and the difference of two large numbers loses digits.
+  loss = 0.5 * weight * _per_example_sum(tf.square(used_sigmas * score + z))
+  level_index, _ = nearest_level_index(sigma, sigmas)
+  return loss, level_index
+
+
 #: Per-example losses selectable with --loss: name -> fn(score_fn, x, sigmas,
 #: seed) -> (loss [N], sigma_index [N] int32).
 LOSSES = {
@@ -264,6 +397,7 @@ LOSSES = {
     'ssm_vr': ssm_vr_per_example,
     'anneal_dsm': anneal_dsm_per_example,
     'anneal_ssm': anneal_ssm_per_example,
+    'continuous_dsm': continuous_dsm_per_example,
 }
 
 #: Objectives that train one unconditional score s(x) (no noise ladder).
@@ -275,6 +409,7 @@ _LOSS_OPTIONS = {
     'ssm_vr': ('num_projections', 'projection'),
     'anneal_dsm': ('level_logits',),
     'anneal_ssm': ('num_projections', 'projection', 'level_logits'),
+    'continuous_dsm': ('sde', 'eps', 'weighting'),
 }
 
 
@@ -282,7 +417,9 @@ def get_loss(name: str, **options):
   """The per-example loss registered under `name` (see LOSSES), options bound.
 
   options: exact_score_fn (required by 'esm'), num_projections and projection
-  (the sliced losses), level_logits (the annealed losses); options a loss does
+  (the sliced losses), level_logits (the annealed losses), sde, eps and
+  weighting ('continuous_dsm', whose score_fn takes σ float32 [N] in place of
+  the level index; sde None is the ladder's VE SDE); options a loss does
   not use are ignored, so a caller can pass the whole set. A None option keeps the loss's default.
   """
   try:
@@ -294,4 +431,9 @@ def get_loss(name: str, **options):
     raise ValueError("loss 'esm' needs the exact score (exact_score_fn): toy datasets only")
   if 'projection' in bound and bound['projection'] not in PROJECTIONS:
     raise ValueError(f'unknown projection {bound["projection"]!r}; choose from {PROJECTIONS}')
+  if 'weighting' in bound and bound['weighting'] not in CONTINUOUS_WEIGHTINGS:
+    raise ValueError(f'unknown weighting {bound["weighting"]!r}; '
+                     f'choose from {CONTINUOUS_WEIGHTINGS}')
+  if 'eps' in bound and not 0.0 < bound['eps'] < 1.0:
+    raise ValueError(f'eps must be in (0, 1), got {bound["eps"]}')
   return functools.partial(fn, **bound) if bound else fn

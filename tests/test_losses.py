@@ -1,9 +1,12 @@
 """Annealed DSM against closed forms on a Gaussian, where everything is exact."""
 
 import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
 import tensorflow as tf
 
-from ncsn_tf import losses
+from ncsn_tf import losses, noise
 
 
 def test_dsm_target_is_the_conditional_score():
@@ -94,3 +97,169 @@ def test_lognormal_level_sampling_draws_edm_probabilities_and_keeps_each_level_t
   # truth (closed form as above). The rarest level (p = 0.6%) has ~1.2k
   # examples, a Monte Carlo std of ~3% of its mean; allow 12%.
   np.testing.assert_allclose(per_level, 0.5 * d / (1.0 + sigmas**2), rtol=0.12)
+
+
+# --- continuous-time DSM ------------------------------------------------------
+#
+# Data N(μ, s² I_D) again: the σ-perturbed score is −(y − μ)/(s² + σ²), and at
+# a drawn σ the term at the exact score has expectation ½ D s²/(s² + σ²)
+# (the annealed closed form above with unit variance replaced by s²).
+
+_MU = np.array([3.0, -1.0], np.float32)
+_S2 = 0.5
+_LADDER = np.geomspace(20.0, 0.01, 10).astype(np.float32)
+
+
+def _gaussian_data(n, seed):
+  return tf.random.stateless_normal([n, 2], seed) * np.sqrt(_S2) + _MU
+
+
+def _scaled_exact_score(c=1.0):
+  return lambda y, sigma: -c * (y - _MU) / (_S2 + sigma[:, None]**2)
+
+
+def _expected_within_standard_errors(loss, expected, k=4.0):
+  # The mean of N i.i.d. terms: its Monte Carlo standard error from the sample itself.
+  loss = np.asarray(loss, np.float64)
+  error = loss.std() / np.sqrt(loss.size)
+  assert abs(loss.mean() - expected) < k * error, (loss.mean(), expected, error)
+
+
+def _vp_sigma2(kind, t):
+  b = 0.1 * t + 0.5 * (20.0 - 0.1) * t**2
+  alpha2 = np.exp(-b)
+  std2 = 1.0 - alpha2 if kind == 'vp' else (1.0 - alpha2)**2
+  return std2 / alpha2, b
+
+
+def test_continuous_dsm_ve_at_the_exact_score_equals_its_closed_form():
+  # log σ ~ U(a, b): E[s²/(s² + σ²)] = 1 − log((s² + σ_max²)/(s² + σ_min²)) / (2(b − a)),
+  # since ∫ s²/(s² + e^{2u}) du = u − ½ log(s² + e^{2u}). 200k examples, 4 standard errors.
+  d, smin, smax = 2, 0.01, 20.0
+  expected = 0.5 * d * (1.0 - np.log((_S2 + smax**2) / (_S2 + smin**2)) / (2 * np.log(smax / smin)))
+  x = _gaussian_data(200_000, [1, 2])
+  loss, _ = losses.continuous_dsm_per_example(_scaled_exact_score(), x, _LADDER,
+                                              tf.constant([3, 4]), sde=noise.VESDE(smin, smax))
+  _expected_within_standard_errors(loss, expected)
+  # sde=None is the ladder's VE SDE (σ_min, σ_max = the ladder's ends): the same draws.
+  ladder_loss, _ = losses.continuous_dsm_per_example(_scaled_exact_score(), x, _LADDER,
+                                                     tf.constant([3, 4]))
+  np.testing.assert_allclose(ladder_loss, loss, rtol=1e-4)
+
+
+@pytest.mark.parametrize('kind', ['vp', 'subvp'])
+def test_continuous_dsm_vp_at_the_exact_score_equals_its_closed_form(kind):
+  # t ~ U(ε, 1), σ(t)² = std²/α²: E = ½ D ∫ s²/(s² + σ(t)²) dt / (1 − ε), by quadrature;
+  # with the likelihood weighting the integrand also carries g(t)²/std(t)² (written
+  # out below). ε = 1e-3 there: the factor grows like 1/t, and at ε = 1e-5 the
+  # terms' variance (∫ dt/t²) would need millions of examples for the same standard
+  # error. 200k examples, 4 standard errors.
+  sde = noise.VPSDE() if kind == 'vp' else noise.SubVPSDE()
+  d = 2
+  x = _gaussian_data(200_000, [5, 6])
+
+  def term(t):
+    return 0.5 * d * _S2 / (_S2 + _vp_sigma2(kind, t)[0])
+
+  def likelihood_factor(t):
+    _, b = _vp_sigma2(kind, t)
+    beta = 0.1 + (20.0 - 0.1) * t
+    if kind == 'vp':   # g² = β, std² = 1 − e^{−B}
+      return beta / (1.0 - np.exp(-b))
+    # g² = β(1 − e^{−2B}), std = 1 − e^{−B}
+    return beta * (1.0 - np.exp(-2 * b)) / (1.0 - np.exp(-b))**2
+
+  for weighting, eps, integrand in (('sigma2', 1e-5, term),
+                                    ('likelihood', 1e-3, lambda t: likelihood_factor(t) * term(t))):
+    integral, _ = scipy.integrate.quad(integrand, eps, 1.0, limit=200, points=[0.01, 0.1])
+    loss, _ = losses.continuous_dsm_per_example(_scaled_exact_score(), x, _LADDER,
+                                                tf.constant([7, 8]), sde=sde, eps=eps,
+                                                weighting=weighting)
+    _expected_within_standard_errors(loss, integral / (1 - eps))
+
+
+@pytest.mark.parametrize('sde', [noise.VESDE(0.01, 20.0), noise.VPSDE()], ids=['ve', 'vp'])
+def test_the_exact_score_minimises_continuous_dsm(sde):
+  # Same draws (same seed) for every candidate: any other score has a strictly larger loss.
+  x = _gaussian_data(50_000, [9, 10])
+  seed = tf.constant([11, 12])
+  mean = lambda c: float(tf.reduce_mean(losses.continuous_dsm_per_example(
+      _scaled_exact_score(c), x, _LADDER, seed, sde=sde)[0]))
+  exact = mean(1.0)
+  assert mean(0.9) > exact and mean(1.1) > exact
+  shifted = lambda y, sigma: _scaled_exact_score()(y, sigma) + 0.05
+  assert float(tf.reduce_mean(losses.continuous_dsm_per_example(shifted, x, _LADDER, seed,
+                                                                sde=sde)[0])) > exact
+
+
+def _sigmas_seen(n, seed, **options):
+  """The σ [N] the loss asks the network at, and the level index it returns."""
+  seen = []
+
+  def probe(y, sigma):
+    seen.append(np.asarray(sigma))
+    return tf.zeros_like(y)
+
+  _, level = losses.continuous_dsm_per_example(probe, tf.zeros([n, 2]), _LADDER, tf.constant(seed),
+                                               **options)
+  return seen[0], np.asarray(level)
+
+
+def test_continuous_dsm_draws_log_uniform_sigma_for_ve_and_uniform_t_for_vp():
+  # KS tests at a fixed seed against U(log σ_min, log σ_max) and U(ε, 1): a
+  # correct sampler fails one at this level once in 10,000 seeds, a wrong
+  # distribution (e.g. σ uniform, or t over [0, 1] for VP) fails it surely at n = 20,000.
+  sigma, _ = _sigmas_seen(20_000, [1, 1], sde=noise.VESDE(0.01, 20.0))
+  a, b = np.log(0.01), np.log(20.0)
+  assert scipy.stats.kstest(np.log(sigma), scipy.stats.uniform(a, b - a).cdf).pvalue > 1e-4
+  assert sigma.min() >= 0.01 * (1 - 1e-5) and sigma.max() <= 20.0 * (1 + 1e-5)
+  sde, eps = noise.VPSDE(), 1e-2
+  sigma, _ = _sigmas_seen(20_000, [2, 2], sde=sde, eps=eps)
+  t = np.asarray(sde.t_of_sigma(sigma), np.float64)
+  assert scipy.stats.kstest(t, scipy.stats.uniform(eps, 1 - eps).cdf).pvalue > 1e-4
+
+
+def test_continuous_dsm_level_index_is_the_nearest_level_in_log_sigma():
+  sigma, level = _sigmas_seen(5_000, [3, 3], sde=noise.VPSDE())
+  # VP's σ(t) runs from ~0.003 to ~150, beyond both ends of the ladder: nearest is the end.
+  assert sigma.min() < _LADDER[-1] and sigma.max() > _LADDER[0]
+  expected = np.argmin(np.abs(np.log(sigma)[:, None] - np.log(_LADDER)[None]), axis=1)
+  np.testing.assert_array_equal(level, expected)
+  assert level.dtype == np.int32 and set(level) == set(range(len(_LADDER)))
+
+
+def test_continuous_dsm_likelihood_weighting_for_ve_is_a_constant_times_sigma2():
+  # VE: g² = σ² · 2 log(σ_max/σ_min) and std = σ, so λ = g² is 2 log(2000) times λ = σ².
+  sde = noise.VESDE(0.01, 20.0)
+  x, seed = _gaussian_data(1_000, [4, 4]), tf.constant([5, 5])
+  plain, _ = losses.continuous_dsm_per_example(_scaled_exact_score(0.9), x, _LADDER, seed, sde=sde)
+  weighted, _ = losses.continuous_dsm_per_example(_scaled_exact_score(0.9), x, _LADDER, seed,
+                                                  sde=sde, weighting='likelihood')
+  np.testing.assert_allclose(weighted, 2 * np.log(2000.0) * plain, rtol=1e-5)
+
+
+def test_continuous_dsm_is_deterministic_in_the_seed_and_works_on_images():
+  x = tf.random.stateless_uniform([4, 8, 8, 3], [0, 0])
+  zero = lambda p, sigma: tf.zeros_like(p)
+  a = losses.continuous_dsm_per_example(zero, x, _LADDER, tf.constant([1, 1]), sde=noise.VPSDE())
+  b = losses.continuous_dsm_per_example(zero, x, _LADDER, tf.constant([1, 1]), sde=noise.VPSDE())
+  np.testing.assert_array_equal(a[0], b[0])
+  # With a zero score the term is ½σ²‖z/σ‖² = ½‖z‖², about D/2 = 96 per example.
+  assert a[0].shape == (4,) and a[1].shape == (4,) and np.all(np.abs(a[0].numpy() - 96) < 40)
+
+
+def test_get_loss_registers_continuous_dsm_with_its_options():
+  sde = noise.VPSDE()
+  fn = losses.get_loss('continuous_dsm', sde=sde, eps=1e-3, weighting='likelihood',
+                       level_logits=None, num_projections=4)  # the others are ignored
+  assert fn.func is losses.continuous_dsm_per_example
+  assert fn.keywords == dict(sde=sde, eps=1e-3, weighting='likelihood')
+  assert losses.get_loss('continuous_dsm') is losses.continuous_dsm_per_example
+  with pytest.raises(ValueError,
+                     match=r"unknown weighting 'g2'; choose from \('sigma2', 'likelihood'\)"):
+    losses.get_loss('continuous_dsm', weighting='g2')
+  with pytest.raises(ValueError, match='eps must be in'):
+    losses.get_loss('continuous_dsm', eps=1.5)
+  with pytest.raises(ValueError, match='continuous DSM needs 0 < eps < T'):
+    losses.continuous_dsm_per_example(_scaled_exact_score(), tf.zeros([2, 2]), _LADDER,
+                                      tf.constant([0, 0]), sde=sde, eps=0.0)

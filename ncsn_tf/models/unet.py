@@ -47,6 +47,15 @@ applies (`preconditioning.py`): the input is scaled by c_in = 1/√(σ² + σ_d�
 the network predicts a mix of the clean image and the noise, weighted by σ, instead
 of the noise alone; the untrained network then gives the score of Gaussian data
 N(centre, σ_d²) rather than zero.
+
+With `continuous=True` the second call argument is σ itself, float32 [N] > 0 in
+the data's units, instead of a level index: the same sinusoidal embedding of
+log σ, input scaling and 1/σ (or EDM) output, computed from that σ. Nothing
+else changes (same layers, same parameters), so a ladder-trained U-Net's
+weights load into the continuous one and give the same scores at its levels;
+the geometric frequencies (0.5 to 32 rad per unit of log σ) are smooth
+functions of log σ between the levels. `sigmas` then only records the range
+the network is meant for (the VE SDE's σ_min .. σ_max).
 """
 
 import keras
@@ -173,10 +182,13 @@ class ScoreUNet(keras.Model):
       a denoiser D = c_skip·y + c_out·F(c_in·y), and the score (D − y)/(k·σ_i²)
       is returned. Excludes `scale_by_sigma`; F ≡ 0 (the zero-initialised
       output convolution) gives the exact score of Gaussian data N(centre, σ_d²).
+    continuous: call with σ float32 [N] > 0 (data units) as the second
+      argument in place of the level index (module docstring).
 
   Call:
     x: float32 [N, image_size, image_size, channels], in [0, 1] (or logits).
-    sigma_index: int32 [N], values in [0, L).
+    sigma_index: int32 [N], values in [0, L); with `continuous`, the noise
+      levels σ themselves, float32 [N] > 0.
   Returns:
     float32 [N, image_size, image_size, channels]: the estimated score
     ∇_x log p_{σ_i}(x). Under a mixed policy the network computes in
@@ -186,7 +198,7 @@ class ScoreUNet(keras.Model):
   def __init__(self, ngf: int, sigmas, image_size: int, channels: int,
                channel_mults=(1, 2, 2, 2), num_res_blocks: int = 2,
                logit_transform: bool = False, scale_by_sigma: bool = True,
-               norm: str = 'group', sigma_data=None, **kwargs):
+               norm: str = 'group', sigma_data=None, continuous: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.ngf = int(ngf)
     self.sigmas = [float(s) for s in sigmas]
@@ -198,6 +210,7 @@ class ScoreUNet(keras.Model):
     self.scale_by_sigma = bool(scale_by_sigma)
     self.norm = norm
     self.sigma_data = None if sigma_data is None else float(sigma_data)
+    self.continuous = bool(continuous)
     if self.sigma_data is not None and (scale_by_sigma or not self.sigma_data > 0):
       raise ValueError(f'sigma_data={sigma_data} (EDM preconditioning) needs a positive '
                        f'value and scale_by_sigma=False: it scales the output itself')
@@ -239,7 +252,9 @@ class ScoreUNet(keras.Model):
     return EmbeddedResidualBlock(width, norm=self.norm, name=name)
 
   def _level_sigma(self, sigma_index):
-    """σ_i of each example's level: float32 [N]."""
+    """σ_i of each example's level, or σ itself when continuous: float32 [N]."""
+    if self.continuous:
+      return ops.reshape(ops.cast(sigma_index, 'float32'), (-1,))
     return ops.take(ops.convert_to_tensor(self.sigmas, 'float32'), sigma_index)
 
   def _embedding(self, sigma):
@@ -288,7 +303,9 @@ class ScoreUNet(keras.Model):
     """Creates all variables by running the network once on zeros; returns self."""
     if not self.built:
       shape = (batch_size, self.image_size, self.image_size, self.channels)
-      self(np.zeros(shape, np.float32), np.zeros((batch_size,), np.int32))
+      noise = (np.full((batch_size,), self.sigmas[-1], np.float32) if self.continuous
+               else np.zeros((batch_size,), np.int32))
+      self(np.zeros(shape, np.float32), noise)
     return self
 
   def get_config(self):
@@ -296,4 +313,4 @@ class ScoreUNet(keras.Model):
             'image_size': self.image_size, 'channels': self.channels,
             'channel_mults': self.channel_mults, 'num_res_blocks': self.num_res_blocks,
             'logit_transform': self.logit_transform, 'scale_by_sigma': self.scale_by_sigma,
-            'norm': self.norm, 'sigma_data': self.sigma_data}
+            'norm': self.norm, 'sigma_data': self.sigma_data, 'continuous': self.continuous}

@@ -1,0 +1,151 @@
+"""One score model for every caller: a network, its σ ladder, and how it answers.
+
+Two kinds of network sit behind the same three questions:
+
+* a ladder network, `net(x, sigma_index)` with int32 [N] (index 0 = largest σ):
+  the paper's CIN++ RefineNet, the per-level toy MLP, the U-Net as trained on a
+  ladder. It knows the score only at its L levels.
+* a continuous network, `net(x, sigma)` with float32 [N] > 0: the VE-equivalent
+  noise standard deviation in data units. It returns the score of
+  p_σ = p_data * N(0, σ² I) at x (ContinuousScoreMLP, ScoreUNet(continuous=True)).
+
+`ScoreModel` answers, for either kind:
+
+* `score_index(x, sigma_index)`: the score at ladder level i (a continuous
+  network is asked at σ = sigmas[i]);
+* `score_sigma(x, sigma)`: the score at σ (a ladder network goes through an
+  adapter that maps σ to its level: exact on the ladder, within a relative
+  `LADDER_RTOL` in σ, and an error naming the σ anywhere else; k-diffusion's
+  DiscreteSchedule without its interpolation);
+* `score_t(x, t, sde)`: the score of the SDE's marginal p_t. Every SDE in
+  ncsn_tf/noise.py perturbs as x_t = α(t) x0 + std(t) z, i.e.
+  x_t/α = x0 + (std/α) z: x_t/α is the data plus N(0, σ(t)²) noise with
+  σ(t) = sde.sigma_of_t(t). So p_t(x) = α^{-D} p_σ(x/α) and
+      ∇_x log p_t(x_t) = score_σ(x_t/α, σ(t)) / α,
+  one σ-network for VE (α = 1), VP and sub-VP alike.
+
+The EMA-or-not choice is the caller's, made once: pass the EMA copy of the
+network to sample or evaluate with averaged weights, the training network to
+train. ScoreModel holds no weights of its own and never picks.
+
+It is a plain Python object, not a Keras layer, so it adds no variables and
+no tracking, and its methods run inside tf.function. A tf.function that takes
+a score function as an argument keys its trace cache on that callable (by
+weak reference), and Python makes a new bound-method object at every attribute
+access, which would retrace on every call. So the three methods are bound once
+in __init__ and stored on the instance: `model.score_sigma is model.score_sigma`.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from ncsn_tf.losses import nearest_level_index
+
+#: Relative tolerance in σ of the ladder adapter: a σ within it of a level is
+#: that level. Float32 σ computed through an SDE's σ(t) at a level's time lands
+#: within ~1e-6 of it; neighbouring levels of a 1,000-level ladder from 50 to
+#: 0.01 are 0.9% apart, so nothing off the ladder is mistaken for a level.
+LADDER_RTOL = 1e-4
+
+_METHODS = ('score_index', 'score_sigma', 'score_t')
+
+
+def _per_example(v, x):
+  """v [N] reshaped to [N, 1, ..., 1] to broadcast against x [N, ...]."""
+  return tf.reshape(v, tf.concat([tf.shape(v), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+
+
+class ScoreModel:
+  """A score network with its ladder; answers at a level, at a σ, or at an SDE time.
+
+  Args:
+    network: a callable (usually a keras.Model). Continuous:
+      network(x float32 [N, ...], sigma float32 [N] > 0) -> score [N, ...].
+      Ladder: network(x, sigma_index int32 [N] in [0, L)) -> score [N, ...].
+      Pass the EMA network for averaged weights (the caller's choice).
+    sigmas: the ladder σ_0 > ... > σ_{L−1}, float [L] > 0 (index 0 largest):
+      the levels a ladder network was trained on, and the σ values
+      `score_index` asks a continuous network at.
+    continuous: whether `network` takes σ (True) or a level index (False).
+
+  Every method returns float32 scores of x's shape (a mixed-precision network's
+  output is cast back to float32).
+  """
+
+  def __init__(self, network, sigmas, continuous: bool):
+    sigmas = np.asarray(sigmas, np.float32).reshape(-1)
+    if sigmas.size == 0 or not np.all(sigmas > 0) or not np.all(np.diff(sigmas) < 0):
+      raise ValueError(f'sigmas must be a non-empty, strictly decreasing list of positive floats '
+                       f'(index 0 largest), got {sigmas.tolist()}')
+    self.network = network
+    self.sigmas = sigmas
+    self._continuous = bool(continuous)
+    # One bound-method object per method for the life of the model (module docstring).
+    for name in _METHODS:
+      setattr(self, name, getattr(self, name))
+
+  @property
+  def is_continuous(self) -> bool:
+    """Whether the network takes σ (True) or a ladder index (False)."""
+    return self._continuous
+
+  @property
+  def num_scales(self) -> int:
+    """L, the number of ladder levels."""
+    return int(self.sigmas.size)
+
+  def sigma_to_index(self, sigma):
+    """The ladder level int32 [N] of each σ float32 [N]; an error for a σ off the ladder.
+
+    On the ladder means within a relative LADDER_RTOL of a level (compared in
+    log σ, where the relative distance is |Δ log σ| to first order). Off it,
+    a tf.debugging assertion fails (InvalidArgumentError, eagerly or in a
+    graph) with one line naming the offending σ values and the ladder.
+    """
+    sigma = tf.cast(sigma, tf.float32)
+    index, gap = nearest_level_index(sigma, self.sigmas)
+    off = gap > LADDER_RTOL
+    message = (f'a ladder network answers only on its ladder ({self.sigmas[0]:g} .. '
+               f'{self.sigmas[-1]:g}, L={self.num_scales}, relative tolerance {LADDER_RTOL:g}); '
+               f'sigma off the ladder:')
+    if tf.executing_eagerly():
+      # Eagerly the values are at hand: put them in the one line (Assert's
+      # eager message puts its data on a second line).
+      if bool(tf.reduce_any(off)):
+        values = ', '.join(f'{v:g}' for v in tf.boolean_mask(sigma, off).numpy()[:5])
+        raise tf.errors.InvalidArgumentError(None, None, f'{message} {values}')
+      return index
+    check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(off)),
+                                [message, tf.boolean_mask(sigma, off)], summarize=5)
+    with tf.control_dependencies([check]):
+      return tf.identity(index)
+
+  def score_index(self, x, sigma_index):
+    """The score at ladder level i: x float32 [N, ...], sigma_index int32 [N] in [0, L)."""
+    if self._continuous:
+      sigma = tf.gather(tf.constant(self.sigmas), tf.cast(sigma_index, tf.int32))
+      return tf.cast(self.network(x, sigma), tf.float32)
+    return tf.cast(self.network(x, tf.cast(sigma_index, tf.int32)), tf.float32)
+
+  def score_sigma(self, x, sigma):
+    """∇_x log p_σ(x): x float32 [N, ...], sigma float32 [N] > 0 (data units).
+
+    A ladder network answers only at its levels (`sigma_to_index`).
+    """
+    sigma = tf.cast(sigma, tf.float32)
+    if self._continuous:
+      return tf.cast(self.network(x, sigma), tf.float32)
+    return tf.cast(self.network(x, self.sigma_to_index(sigma)), tf.float32)
+
+  def score_t(self, x, t, sde):
+    """∇_x log p_t(x) of `sde`'s marginal: score_σ(x/α(t), σ(t)) / α(t).
+
+    Args:
+      x: float32 [N, ...], a state x_t of the SDE.
+      t: float32 [N] in (0, T].
+      sde: a noise.VESDE / VPSDE / SubVPSDE (sigma_of_t and mean_coeff).
+    """
+    x = tf.cast(x, tf.float32)
+    t = tf.cast(t, tf.float32)
+    alpha = _per_example(sde.mean_coeff(t), x)
+    return self.score_sigma(x / alpha, sde.sigma_of_t(t)) / alpha
