@@ -82,7 +82,7 @@ def heun_sample(score_fn, sde, x_init, seed=None, *, num_steps=18, rho=7.0, samp
 def _heun_loop(score_fn, sde, y, sigmas):
   """All N steps in one tf.while_loop over the schedule sigmas [N + 1]."""
   sigmas = tf.convert_to_tensor(sigmas, tf.float32)
-  num_steps = sigmas.shape[0] - 1
+  num_steps = tf.shape(sigmas)[0] - 1
 
   def slope(y, sigma):  # dy/dσ
     return -sigma * _sigma_score(score_fn, sde, y, sigma)

@@ -212,7 +212,7 @@ def _pc_loop(score_fn, sde, x_init, seed, predictor_fn, corrector_fn, grid, corr
              denoise):
   """The whole chain in one graph: tf.while_loop over the grid's N steps."""
   grid = tf.convert_to_tensor(grid, tf.float32)
-  num_steps = grid.shape[0] - 1
+  num_steps = tf.shape(grid)[0] - 1
   batch = tf.shape(x_init)[0]
   fold_in = tf.random.experimental.stateless_fold_in
 
