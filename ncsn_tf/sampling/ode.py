@@ -49,7 +49,7 @@ def solve_ode(drift_fn, x, t_start, t_end, rtol, atol):
     drift_fn: (x [N, ...], t float32 [N]) -> dx/dt [N, ...].
     x: float32 [N, ...].
     t_start, t_end: python floats, t_start != t_end.
-    rtol, atol: DormandPrince's tolerances (> 0); the error norm is taken over
+    rtol, atol: DormandPrince's tolerances (> 0, floats or float32 tensors); the error norm is taken over
       the whole batch, so every example shares the step sizes.
 
   Returns:
@@ -74,9 +74,14 @@ def solve_ode(drift_fn, x, t_start, t_end, rtol, atol):
 
 @tf.function(reduce_retracing=True)
 def _solve_probability_flow(score_fn, sde, x, t_start, t_end, rtol, atol):
-  # One trace per (score_fn, sde, direction, tolerances): the drift closure is
-  # built inside, so repeated calls with the same score_fn reuse the graph.
+  # One trace per (score_fn, sde, direction): the drift closure is built
+  # inside and the tolerances come in as tensors, so repeated calls with the
+  # same score_fn reuse the graph, at any tolerance.
   return solve_ode(ode_drift(score_fn, sde), x, t_start, t_end, rtol, atol)
+
+
+def _tolerances(rtol, atol):
+  return tf.constant(rtol, tf.float32), tf.constant(atol, tf.float32)
 
 
 def _tweedie(score_fn, sde, x, t):
@@ -104,7 +109,7 @@ def ode_sample(score_fn, sde, x_init, seed=None, *, rtol=1e-5, atol=1e-5, sampli
   del seed
   eps = check_settings(sde, rtol=rtol, atol=atol, sampling_eps=sampling_eps, denoise=denoise)
   x, nfe = _solve_probability_flow(score_fn, sde, tf.convert_to_tensor(x_init, tf.float32), sde.T,
-                                   eps, float(rtol), float(atol))
+                                   eps, *_tolerances(rtol, atol))
   if denoise:
     x = _tweedie(score_fn, sde, x, tf.fill([tf.shape(x)[0]], eps))
     nfe += 1
@@ -115,4 +120,4 @@ def ode_encode(score_fn, sde, x0, *, rtol=1e-5, atol=1e-5, sampling_eps=None):
   """The inverse map: data x0 [N, ...] at t = eps to its latent at T; (latent, nfe)."""
   eps = check_settings(sde, rtol=rtol, atol=atol, sampling_eps=sampling_eps, denoise=False)
   return _solve_probability_flow(score_fn, sde, tf.convert_to_tensor(x0, tf.float32), eps, sde.T,
-                                 float(rtol), float(atol))
+                                 *_tolerances(rtol, atol))
