@@ -25,10 +25,12 @@ MODELS = ('mlp', 'refinenet', 'unet')
 IMAGE_MODELS = ('refinenet', 'unet')
 # The U-Net halves the resolution three times (32 -> 4).
 UNET_SIZE_MULTIPLE = 8
-LOSSES = ('anneal_dsm', 'esm', 'ism', 'dsm', 'ssm', 'ssm_vr', 'anneal_ssm')
+LOSSES = ('anneal_dsm', 'esm', 'ism', 'dsm', 'ssm', 'ssm_vr', 'anneal_ssm', 'continuous_dsm')
 PROJECTIONS = ('gaussian', 'rademacher')
 #: --experiment values of --mode=experiment (see ncsn_tf/experiments.py).
-EXPERIMENTS = ('all', 'objectives', 'trajectories', 'samplers', 'weights')
+EXPERIMENTS = ('all', 'objectives', 'trajectories', 'samplers', 'weights', 'sde_samplers')
+#: The experiments of a continuous-σ run (--noise_embedding=fourier); the others train ladder networks.
+CONTINUOUS_EXPERIMENTS = ('sde_samplers',)
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 #: --strategy values: auto (GPUs or --num_cpu_replicas, else one device),
 #: mirrored (MirroredStrategy on this machine), multi_worker (TF_CONFIG).
@@ -41,6 +43,17 @@ LEVEL_SAMPLINGS = ('uniform', 'lognormal')
 PRECONDITIONINGS = ('none', 'edm')
 #: --unet_norm values (models/unet.py NORMS): GroupNorm, or none with a unit-scale input.
 UNET_NORMS = ('group', 'none')
+#: --sde values: none (NCSN's discrete ladder) or a noise process of ncsn_tf/noise.py.
+SDES = ('none', 've', 'vp', 'subvp')
+#: --noise_embedding values: one learned row per ladder level, or Fourier features of log σ.
+NOISE_EMBEDDINGS = ('ladder', 'fourier')
+#: Networks that take a continuous σ with --noise_embedding=fourier.
+CONTINUOUS_MODELS = ('mlp', 'unet')
+#: --sampler values (ncsn_tf/sampling/registry.py SAMPLERS; a test keeps them equal).
+SAMPLERS = ('ald', 'pc', 'ode', 'heun')
+#: --predictor and --corrector values of --sampler=pc (ncsn_tf/sampling/pc.py).
+PREDICTORS = ('reverse_diffusion', 'euler_maruyama', 'ancestral', 'none')
+CORRECTORS = ('langevin', 'ald', 'none')
 
 
 class ConfigError(ValueError):
@@ -117,6 +130,22 @@ class ModelConfig:
       '(no normalisation, the input scaled to unit variance at every level; '
       'half the cost of a small U-Net\'s step on a CPU). Other models ignore it.',
       choices=UNET_NORMS)
+  sde: str = setting(
+      'none', 'Noise process: none (the discrete ladder of --sigma_begin, --sigma_end, '
+      '--num_scales; the paper) or ve, vp, subvp (Song et al. 2021; ve runs from '
+      'σ_min = --sigma_end to σ_max = --sigma_begin). Needs --noise_embedding=fourier '
+      'and --loss=continuous_dsm.', choices=SDES)
+  noise_embedding: str = setting(
+      'ladder', 'How the network sees the noise level: ladder (one learned row per level) '
+      'or fourier (Gaussian Fourier features of log σ: any σ; --model=mlp or unet).',
+      choices=NOISE_EMBEDDINGS)
+  prior_mean: float = setting(
+      0.0, '--sde=ve: the mean of the prior N(m, σ_max² I) in every coordinate; p_T is '
+      'centred on the data mean, and the ODE and Heun samplers cannot undo an offset '
+      '(docs/sde.md, "The prior"). Training does not use it, so it may change on resume.',
+      resume_safe=True)
+  beta_min: float = setting(0.1, '--sde=vp, subvp: β(0) (Song et al. 2021: 0.1).')
+  beta_max: float = setting(20.0, '--sde=vp, subvp: β(1) (Song et al. 2021: 20).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,11 +201,35 @@ class TrainConfig:
   max_chunk_steps: int = setting(
       100, 'Most steps per tf.function call; bounds how long SIGTERM waits for a save.',
       resume_safe=True)
+  likelihood_weighting: bool = setting(
+      False, '--loss=continuous_dsm: weight the loss by g(t)² (Song et al. 2021, maximum '
+      'likelihood training) instead of σ².')
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """Annealed Langevin dynamics and inpainting (ncsn_tf/sampling/); all resume-safe."""
+  """The sampler and its settings, and inpainting (ncsn_tf/sampling/); all resume-safe."""
+  sampler: str = setting(
+      'ald', 'ald (annealed Langevin on the ladder, the paper), pc (predictor-corrector), '
+      'ode (probability-flow ODE, adaptive) or heun (EDM, Karras et al. 2022); all but '
+      'ald need --sde.', choices=SAMPLERS, resume_safe=True)
+  predictor: str = setting('reverse_diffusion', '--sampler=pc: the predictor.',
+                           choices=PREDICTORS, resume_safe=True)
+  corrector: str = setting('langevin', '--sampler=pc: the corrector.', choices=CORRECTORS,
+                           resume_safe=True)
+  snr: float = setting(0.16, '--sampler=pc, corrector langevin or ald: the signal-to-noise '
+                       'ratio r that sets the step (Song et al. 2021: 0.16 for VE).',
+                       resume_safe=True)
+  sampling_steps: int = setting(1000, '--sampler=pc: N, the time steps (Song et al. 2021: '
+                                '1000); --sampler=heun: the σ steps.', resume_safe=True)
+  corrector_steps: int = setting(1, '--sampler=pc: corrector steps after each predictor step.',
+                                 resume_safe=True)
+  ode_rtol: float = setting(1e-5, '--sampler=ode: the solver\'s relative tolerance.',
+                            resume_safe=True)
+  ode_atol: float = setting(1e-5, '--sampler=ode: the solver\'s absolute tolerance.',
+                            resume_safe=True)
+  sampling_eps: float = setting(1e-3, 'SDE samplers end at t = ε, in (0, 1) (Song et al. '
+                                '2021: 1e-3 for VP, 1e-5 for VE).', resume_safe=True)
   n_steps_each: int = setting(100, 'T, Langevin steps per noise level.', resume_safe=True)
   step_lr: float = setting(0.05, 'ε: step ε_i = ε (σ_i/σ_L)², update x + ε_i s + sqrt(2ε_i) z.',
                            resume_safe=True)
@@ -372,6 +425,7 @@ def validate(config: Config) -> Config:
   _validate_model(config.model, config.data)
   _validate_train(config.train)
   _validate_sampling(config.sampling)
+  _validate_continuous(config)
   _validate_eval(config)
   _require(bool(config.export.export_dir), 'export_dir', 'must not be empty')
   _require_writable_dir(config.workdir, 'workdir')
@@ -509,6 +563,53 @@ def _validate_sampling(sampling: SamplingConfig):
   kinds = ('right', 'left', 'top', 'bottom', 'center', 'random')
   _require(sampling.inpaint_mask in kinds or os.path.isfile(sampling.inpaint_mask), 'inpaint_mask',
            f'must be one of {", ".join(kinds)} or an existing image file, got {sampling.inpaint_mask!r}')
+
+
+def _validate_continuous(config: Config):
+  """The SDE, the continuous-σ network, its loss and the samplers fit together."""
+  m, t, s = config.model, config.train, config.sampling
+  continuous = m.noise_embedding == 'fourier'
+  if continuous:
+    _require(m.name in CONTINUOUS_MODELS, 'noise_embedding',
+             f'fourier applies to --model={" or ".join(CONTINUOUS_MODELS)}, got {m.name!r}')
+    _require(m.preconditioning == 'none', 'preconditioning',
+             f'{m.preconditioning} is for the ladder networks; the fourier networks scale '
+             'their own input and output')
+    _require(m.sde != 'none', 'noise_embedding',
+             'fourier trains on a continuous noise process: pass --sde=ve, vp or subvp')
+    _require(t.loss == 'continuous_dsm', 'loss',
+             f'--noise_embedding=fourier trains with continuous_dsm, got {t.loss!r}')
+  if m.sde != 'none':
+    _require(continuous, 'sde', f'{m.sde} needs a continuous-σ network: pass '
+             '--noise_embedding=fourier (with --model=mlp or unet)')
+  if t.loss == 'continuous_dsm':
+    _require(m.sde != 'none', 'loss', 'continuous_dsm needs --sde=ve, vp or subvp')
+  _require(not t.likelihood_weighting or t.loss == 'continuous_dsm', 'likelihood_weighting',
+           f'applies to --loss=continuous_dsm, got {t.loss!r}')
+  _require(m.prior_mean == 0 or m.sde == 've', 'prior_mean',
+           f'applies to --sde=ve (the VP priors are centred by construction), got --sde={m.sde}')
+  if m.sde in ('vp', 'subvp'):
+    _require(m.beta_min > 0, 'beta_min', f'must be > 0, got {m.beta_min}')
+    _require(m.beta_max > m.beta_min, 'beta_max',
+             f'must be > --beta_min ({m.beta_min}), got {m.beta_max}')
+  if config.mode == 'experiment' and config.experiment != 'all':
+    wants_continuous = config.experiment in CONTINUOUS_EXPERIMENTS
+    _require(wants_continuous == continuous, 'experiment',
+             f'{config.experiment} needs a continuous-σ run (--sde, --noise_embedding=fourier)'
+             if wants_continuous else
+             f'{config.experiment} trains ladder networks; a continuous-σ run has '
+             f'{", ".join(CONTINUOUS_EXPERIMENTS)}')
+  if s.sampler != 'ald':
+    _require(continuous, 'sampler',
+             f'{s.sampler} needs a continuous-σ model (--sde and --noise_embedding=fourier); '
+             'a ladder network answers only its own levels: use --sampler=ald')
+  _require(s.sampling_steps >= (2 if s.sampler == 'heun' else 1), 'sampling_steps',
+           f'must be >= {2 if s.sampler == "heun" else 1}, got {s.sampling_steps}')
+  _require(s.corrector_steps >= 0, 'corrector_steps', f'must be >= 0, got {s.corrector_steps}')
+  _require(s.snr > 0, 'snr', f'must be > 0, got {s.snr}')
+  _require(s.ode_rtol > 0, 'ode_rtol', f'must be > 0, got {s.ode_rtol}')
+  _require(s.ode_atol > 0, 'ode_atol', f'must be > 0, got {s.ode_atol}')
+  _require(0 < s.sampling_eps < 1, 'sampling_eps', f'must be in (0, 1), got {s.sampling_eps}')
 
 
 def _validate_eval(config: Config):

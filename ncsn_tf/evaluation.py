@@ -34,14 +34,14 @@ from absl import logging
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import data as data_lib
-from ncsn_tf import export as export_lib
 from ncsn_tf import plots
 from ncsn_tf import metrics_file
 from ncsn_tf import toy_eval
 from ncsn_tf import train_lib
 from ncsn_tf.metrics import image as image_metrics
+from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.progress import Progress
-from ncsn_tf.sampling import langevin
+from ncsn_tf.sampling import configured
 
 #: Splits of the Inception Score, as in every published number.
 IS_SPLITS = 10
@@ -234,21 +234,18 @@ class ImageEvaluator:
     self.config, self.model, self.heldout = config, model, heldout
     self.sigmas = np.asarray(sigmas, np.float32)
     self.extractor, self.reference = extractor, reference
-    # One Python callable for every batch and checkpoint: one trace of the sampler.
-    self._score_fn = lambda x, i: model(x, i)
+    # One sampler over one score model for every batch and checkpoint: one
+    # trace of the sampler (checkpoints are restored into the same variables).
+    self._sampler = configured.ConfiguredSampler(
+        config, configured.as_score_model(model, self.sigmas), data_lib.data_shape(config.data))
 
   def _sample_batches(self, num: int):
-    ev, s = self.config.eval, self.config.sampling
-    shape = data_lib.data_shape(self.config.data)
-    sigmas = tf.constant(self.sigmas)
+    ev = self.config.eval
     for k, start in enumerate(range(0, num, ev.batch_size)):
       # Full batches only (same shapes, no re-trace); the last one is cut.
-      x_init = export_lib.initial_state(shape, tf.constant(ev.batch_size),
-                                        tf.constant([self.config.seed + _INIT_SEED, k]),
-                                        self.config.data)
-      x = langevin.annealed_langevin_dynamics(
-          self._score_fn, x_init, sigmas, n_steps_each=s.n_steps_each, step_lr=s.step_lr,
-          seed=tf.constant([self.config.seed + _NOISE_SEED, k]), denoise=s.denoise)
+      x_init = self._sampler.initial_state(ev.batch_size,
+                                           tf.constant([self.config.seed + _INIT_SEED, k]))
+      x, _, _ = self._sampler.run(x_init, tf.constant([self.config.seed + _NOISE_SEED, k]))
       yield x.numpy()[:num - start]
 
   def sample_metrics(self) -> tuple[dict, np.ndarray]:
@@ -310,9 +307,8 @@ class ImageEvaluator:
       metrics['feature_source'] = extractor_info(config, self.extractor)
       metrics['reference_stats'] = self.reference.info
       s = config.sampling
-      metrics['sampler'] = {'n_steps_each': s.n_steps_each, 'step_lr': s.step_lr,
-                            'denoise': s.denoise, 'batch_size': config.eval.batch_size,
-                            'seed': config.seed}
+      metrics['sampler'] = {'name': s.sampler, **configured.sampler_settings(s),
+                            'batch_size': config.eval.batch_size, 'seed': config.seed}
     _write_image_summaries(writer, metrics, grid)
     logging.info('step %d: %s', step, _summary_line(metrics))
     return metrics
@@ -395,9 +391,12 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
   heldout = train_lib.make_heldout_eval(
       config.replace(train={'heldout_batches': max(config.train.heldout_batches, 1)}),
       dataclasses.replace(state, ema_model=model))
+  # The toy figures and metrics ask the network at ladder levels (a
+  # continuous-σ network answers at the levels' σ); the samplers at any σ.
+  score_model = ScoreModel(model, state.sigmas, continuous=state.continuous)
   if config.data.is_toy:
     def evaluate(step):
-      metrics = toy_eval.evaluate_toy(config, model, state.sigmas, step=step, writer=writer)
+      metrics = toy_eval.evaluate_toy(config, score_model, state.sigmas, step=step, writer=writer)
       mean, per_sigma = heldout()
       metrics.update(heldout_loss=float(mean),
                      heldout_loss_per_sigma=metrics_file.json_floats(per_sigma))
@@ -410,7 +409,7 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
     if _sample_metrics_enabled(config):
       extractor = build_extractor(config.eval)
       reference = reference_for(config, extractor)
-    evaluator = ImageEvaluator(config, model, state.sigmas, heldout, extractor, reference)
+    evaluator = ImageEvaluator(config, score_model, state.sigmas, heldout, extractor, reference)
     evaluate = lambda step: evaluator(step, writer)  # noqa: E731
   results = {}
   for step, path in targets.items():

@@ -13,6 +13,9 @@ trajectories  a few particles of Langevin (exact score), MALA (exact density)
               and annealed Langevin (learned network) over the true vector field.
 samplers      exact density | MALA with the exact score | annealed Langevin with
               the learned network, with MMD and sliced Wasserstein to the truth.
+sde_samplers  continuous-σ runs only (experiments_sde.py): annealed Langevin, PC,
+              reverse diffusion, Euler-Maruyama, the ODE and Heun, exact and learned
+              score: NFE, seconds, mixture weights, MMD, sliced Wasserstein.
 weights       mixtures only: the share of samples at each mode for plain
               Langevin, MALA, annealed Langevin with exact and learned scores,
               against the true weights (weights.png, weights.md, metrics).
@@ -332,14 +335,25 @@ def _weights_table(shares, errors, true_weights) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def sde_samplers(lab: Lab) -> dict:
+  from ncsn_tf import experiments_sde
+  return experiments_sde.sde_samplers(lab.config, lab.fig_dir)
+
+
 EXPERIMENTS = {'objectives': objectives, 'trajectories': trajectories, 'samplers': samplers,
-               'weights': weights}
+               'weights': weights, 'sde_samplers': sde_samplers}
 
 
 def run_experiment(config: config_lib.Config) -> dict:
-  """Runs `config.experiment` (or all of them) and returns the merged metrics."""
+  """Runs `config.experiment` (or all of them) and returns the merged metrics.
+
+  `all` is every experiment that fits the run: sde_samplers for a continuous-σ
+  run, the ladder networks' experiments otherwise.
+  """
   lab = Lab(config)
-  names = list(EXPERIMENTS) if config.experiment == 'all' else [config.experiment]
+  continuous = config.model.noise_embedding == 'fourier'
+  names = ([n for n in EXPERIMENTS if (n in config_lib.CONTINUOUS_EXPERIMENTS) == continuous]
+           if config.experiment == 'all' else [config.experiment])
   for name in names:
     start = time.time()
     lab.metrics.update(EXPERIMENTS[name](lab))

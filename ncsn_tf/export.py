@@ -3,14 +3,18 @@
 `<export_dir>/<version>/` holds a SavedModel with the signatures
 
 * `score`: x float32 [N, *data_shape], sigma_index int32 [N] -> score float32 [N, *data_shape]
+* `score_sigma`: x float32 [N, *data_shape], sigma float32 [N] -> score float32 [N, *data_shape],
+  the score of p_σ at any σ > 0 for a continuous-σ model; a ladder network
+  answers only at its own levels (an error elsewhere)
 * `sample`: num_samples int32 [], seed int32 [] -> samples float32 [num_samples, *data_shape],
-  annealed Langevin dynamics at the config's settings (stateless: same seed,
-  same samples)
+  drawn with the config's --sampler (annealed Langevin by default) and its
+  settings (stateless: same seed, same samples)
 * `inpaint` (image models): images float32 [N, *data_shape], mask float32 [N, *data_shape]
   (1 = known), seed int32 [] -> inpainted float32 [N, *data_shape]
 * `serving_default` = `score`
 
-and the variables `sigmas` (the ladder) and the string `config_json`.
+and the variables `sigmas` (the ladder), the string `config_json` and the
+string `sampler` (the sampler's name and settings, e.g. `ode(rtol=1e-05, ...)`).
 Versions are integers; each is written beside the root and renamed into place,
 so a TF Serving process polling `export_dir` never sees half a model.
 
@@ -38,39 +42,41 @@ from absl import logging
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import data as data_lib
-from ncsn_tf.data import toy
+from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import inpainting
-from ncsn_tf.sampling import langevin
 
 _TMP_PREFIX = '.tmp-'
 
-
-def initial_state(shape, num: tf.Tensor, seed: tf.Tensor, data: config_lib.DataConfig) -> tf.Tensor:
-  """The sampler's starting points: U[0, 1] for images; for toys uniform on
-  [-r, r]^2 with r the toy's plot radius (the box that holds its mass)."""
-  full_shape = tf.concat([[num], tf.constant(shape, tf.int32)], 0)
-  if data.is_toy:
-    radius = toy.get_toy(data.dataset).plot_radius
-    return tf.random.stateless_uniform(full_shape, seed, -radius, radius)
-  return tf.random.stateless_uniform(full_shape, seed, 0.0, 1.0)
+#: Annealed Langevin's uniform starting points (kept here under its old name).
+initial_state = configured.uniform_initial_state
 
 
 class ScoreModule(tf.Module):
-  """The exported module; build with the (EMA) score model and the Config."""
+  """The exported module; build with the (EMA) score model and the Config.
+
+  score_model: a ScoreModel (TrainState.score_model) or a ladder network
+  s(x, sigma_index), which is wrapped with `sigmas`.
+  """
 
   def __init__(self, score_model, config: config_lib.Config, sigmas: np.ndarray):
     super().__init__(name='ncsn')
     # Not tracked: a tracked Keras 3 model adds its own single-input serving
     # function, which this model cannot trace, and its variables would be saved
     # under the Keras wrappers' names (see the module docstring).
+    score_model = configured.as_score_model(score_model, sigmas)
     self.__dict__['score_model'] = score_model
     self.sigmas = tf.Variable(np.asarray(sigmas, np.float32), trainable=False, name='sigmas')
     self.config_json = tf.Variable(config.to_json(), trainable=False, name='config_json')
+    self.sampler = tf.Variable(configured.describe(config.sampling), trainable=False,
+                               name='sampler')
     self._config = config
     self._shape = tuple(data_lib.data_shape(config.data))
+    self.__dict__['_sampler'] = configured.ConfiguredSampler(config, score_model, self._shape)
     x_spec = tf.TensorSpec([None, *self._shape], tf.float32, name='x')
     index_spec = tf.TensorSpec([None], tf.int32, name='sigma_index')
     self.score = tf.function(self._score, input_signature=[x_spec, index_spec])
+    self.score_sigma = tf.function(self._score_sigma, input_signature=[
+        x_spec, tf.TensorSpec([None], tf.float32, name='sigma')])
     self.sample = tf.function(self._sample, input_signature=[
         tf.TensorSpec([], tf.int32, name='num_samples'), tf.TensorSpec([], tf.int32, name='seed')])
     if not config.data.is_toy:
@@ -81,7 +87,8 @@ class ScoreModule(tf.Module):
     self.model_variables = _track_captured_variables(self.signatures().values())
 
   def signatures(self) -> dict:
-    out = {'score': self.score, 'sample': self.sample, 'serving_default': self.score}
+    out = {'score': self.score, 'score_sigma': self.score_sigma, 'sample': self.sample,
+           'serving_default': self.score}
     if hasattr(self, 'inpaint'):
       out['inpaint'] = self.inpaint
     return out
@@ -98,17 +105,23 @@ class ScoreModule(tf.Module):
         tf.debugging.assert_less(sigma_index, num_levels,
                                  message='score: sigma_index must be < the number of noise levels')]
     with tf.control_dependencies(checks):
-      return {'score': tf.cast(self.score_model(x, sigma_index), tf.float32)}
+      return {'score': self.score_model.score_index(x, sigma_index)}
+
+  def _score_sigma(self, x, sigma):
+    x = tf.ensure_shape(x, [None, *self._shape], name='check_x_shape')
+    sigma = tf.ensure_shape(sigma, [None], name='check_sigma_shape')
+    checks = [
+        tf.debugging.assert_equal(tf.shape(x)[0], tf.shape(sigma)[0],
+                                  message='score_sigma: x and sigma need the same batch size'),
+        tf.debugging.assert_positive(sigma, message='score_sigma: sigma must be > 0')]
+    with tf.control_dependencies(checks):
+      return {'score': self.score_model.score_sigma(x, sigma)}
 
   def _sample(self, num_samples, seed):
     cfg = self._config
-    init_seed = tf.stack([seed, tf.constant(0)])
-    chain_seed = tf.stack([seed, tf.constant(1)])
-    x_init = initial_state(self._shape, num_samples, init_seed, cfg.data)
-    samples = langevin.annealed_langevin_dynamics(
-        lambda x, i: self.score_model(x, i), x_init, self.sigmas,
-        n_steps_each=cfg.sampling.n_steps_each, step_lr=cfg.sampling.step_lr, seed=chain_seed,
-        denoise=cfg.sampling.denoise)
+    # Starting points from [seed, 0], the chain from [seed, 1].
+    x_init = self._sampler.initial_state(num_samples, tf.stack([seed, tf.constant(0)]))
+    samples, _, _ = self._sampler.run(x_init, tf.stack([seed, tf.constant(1)]))
     if not cfg.data.is_toy and not cfg.data.logit_transform:
       samples = tf.clip_by_value(samples, 0.0, 1.0)
     return {'samples': samples}
@@ -121,7 +134,7 @@ class ScoreModule(tf.Module):
         tf.shape(images), tf.shape(mask), message='inpaint: images and mask need the same shape')]):
       images = tf.identity(images)
     inpainted = inpainting.annealed_langevin_inpainting(
-        lambda x, i: self.score_model(x, i), images, mask, self.sigmas,
+        self.score_model.score_index, images, mask, self.sigmas,
         n_steps_each=cfg.sampling.n_steps_each, step_lr=cfg.sampling.step_lr,
         seed=tf.stack([seed, tf.constant(2)]))
     if not cfg.data.logit_transform:

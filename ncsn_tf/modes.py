@@ -22,41 +22,45 @@ from ncsn_tf import plots
 from ncsn_tf import train_lib
 from ncsn_tf import data as data_lib
 from ncsn_tf.progress import Progress
+from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import inpainting
-from ncsn_tf.sampling import langevin
 
 
 def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, seed: int,
-                 show_progress: bool = True):
-  """Annealed Langevin samples from the learned score, in batches.
+                 show_progress: bool = True, return_nfe: bool = False):
+  """Samples from the learned score with --sampler, in batches of --sample_batch_size.
 
-  Returns (samples [num, *shape], trajectory [num_snapshots, num, *shape]).
+  score_model: a ScoreModel, or a ladder network s(x, sigma_index) (wrapped
+  with `sigmas`). Batch k starts from seed [seed, k] and runs its chain on
+  [seed, 1000 + k].
+
+  Returns (samples [num, *shape], trajectory [K, num, *shape]): annealed
+  Langevin keeps --num_snapshots states; the SDE samplers keep only the last
+  (K = 1). With return_nfe, also the score evaluations per sample.
   """
   shape = data_lib.data_shape(config.data)
   s = config.sampling
+  # The same wrapper object for the same network: tf.function keys its trace
+  # cache on the callable, so a fresh wrapper would retrace (and re-optimise)
+  # the whole sampler graph at every snapshot and batch.
+  sampler = configured.ConfiguredSampler(config, configured.as_score_model(score_model, sigmas),
+                                         shape)
   outputs, trajectories = [], []
   progress = Progress('sample', num) if show_progress else None
-  done = 0
-  sigmas_t = tf.constant(np.asarray(sigmas, np.float32))
+  done, nfe = 0, 0
   for batch_index, start in enumerate(range(0, num, s.sample_batch_size)):
     size = min(s.sample_batch_size, num - start)
-    batch_seed = tf.constant([seed, batch_index], tf.int32)
-    x_init = export_lib.initial_state(shape, tf.constant(size), batch_seed, config.data)
-    # The model object itself, not a new lambda per call: tf.function keys its
-    # trace cache on the callable, so a fresh lambda would retrace (and
-    # re-optimise) the whole sampler graph at every snapshot and batch.
-    samples, trajectory = langevin.annealed_langevin_dynamics(
-        score_model, x_init, sigmas_t, n_steps_each=s.n_steps_each,
-        step_lr=s.step_lr, seed=tf.constant([seed, 1000 + batch_index]),
-        num_snapshots=s.num_snapshots, denoise=s.denoise)
+    samples, trajectory, nfe = sampler.sample(size, tf.constant([seed, batch_index], tf.int32),
+                                              num_snapshots=s.num_snapshots)
     outputs.append(samples.numpy())
-    trajectories.append(trajectory.numpy())
+    trajectories.append(samples.numpy()[None] if trajectory is None else trajectory.numpy())
     done += size
     if progress:
       progress.update(done)
   if progress:
     progress.close()
-  return np.concatenate(outputs), np.concatenate(trajectories, axis=1)
+  result = np.concatenate(outputs), np.concatenate(trajectories, axis=1)
+  return (*result, int(nfe)) if return_nfe else result
 
 
 def chain_strip(trajectory, num_rows: int = 4) -> np.ndarray:
@@ -77,7 +81,7 @@ def image_snapshot_hook(config: config_lib.Config):
     if num == 0:
       return
     step = int(state.step.numpy())
-    samples, trajectory = draw_samples(config, state.ema_model, state.sigmas, num=num,
+    samples, trajectory = draw_samples(config, state.score_model, state.sigmas, num=num,
                                        seed=config.seed + step, show_progress=False)
     samples, trajectory = (data_lib.to_unit_range(x, config.data) for x in (samples, trajectory))
     with writer.as_default(step=step):
@@ -91,7 +95,7 @@ def image_snapshot_hook(config: config_lib.Config):
 def run_sample(config: config_lib.Config, state=None) -> str:
   """Draws --num_samples samples with the (EMA) model; returns the output dir."""
   state = state or train_lib.restore_for_inference(config)
-  samples, trajectory = draw_samples(config, state.ema_model, state.sigmas,
+  samples, trajectory = draw_samples(config, state.score_model, state.sigmas,
                                      num=config.sampling.num_samples, seed=config.seed)
   out_dir = os.path.join(config.workdir, 'samples')
   os.makedirs(out_dir, exist_ok=True)
@@ -203,7 +207,7 @@ def run_inpaint(config: config_lib.Config, state=None) -> str:
 
 def run_export(config: config_lib.Config, state=None) -> str:
   state = state or train_lib.restore_for_inference(config)
-  return export_lib.export(state.ema_model, config, state.sigmas)
+  return export_lib.export(state.score_model, config, state.sigmas)
 
 
 def run_train(config: config_lib.Config) -> dict:

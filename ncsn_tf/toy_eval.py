@@ -20,6 +20,8 @@ from ncsn_tf import metrics_file
 from ncsn_tf import plots
 from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
+from ncsn_tf.models.score_model import ScoreModel
+from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import langevin
 
 _NUM_EVAL_POINTS = 4096
@@ -78,17 +80,37 @@ def _score_field_figures(dist, score_model, sigmas):
   return figures
 
 
+def configured_samples(config: config_lib.Config, model: ScoreModel, dist) -> tuple:
+  """--num_samples samples [N, 2] of the configured --sampler and its NFE per sample."""
+  sampler = configured.ConfiguredSampler(config, model, (dist.dim,))
+  samples, _, nfe = sampler.sample(config.sampling.num_samples, tf.constant([config.seed, 19]))
+  return samples.numpy(), int(nfe)
+
+
 def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 0,
                  writer=None) -> dict:
-  """Runs every toy metric and figure for a trained score model; returns metrics."""
+  """Runs every toy metric and figure for a trained score model; returns metrics.
+
+  score_model: a ScoreModel, or a ladder network s(x, sigma_index). The
+  figures ask it at ladder levels; with an SDE sampler (--sampler other than
+  ald) its samples join the comparison as '<sampler>_learned', with the
+  sampler's NFE in metrics['sampler'].
+  """
   dist = toy.get_toy(config.data.dataset)
   sigmas = np.asarray(sigmas, np.float32)
+  model = configured.as_score_model(score_model, sigmas)
+  score_model = model.score_index
   fig_dir = os.path.join(config.workdir, 'figures')
   os.makedirs(fig_dir, exist_ok=True)
   metrics = {'step': step, 'dataset': dist.name, 'num_samples': config.sampling.num_samples,
              'sigmas': sigmas.tolist()}
 
   samples = {k: v.numpy() for k, v in run_samplers(config, dist, score_model, sigmas).items()}
+  if config.sampling.sampler != 'ald':
+    name = config.sampling.sampler
+    samples[f'{name}_learned'], nfe = configured_samples(config, model, dist)
+    metrics['sampler'] = {'name': name, 'settings': configured.describe(config.sampling),
+                          'nfe': nfe}
   figures = _score_field_figures(dist, score_model, sigmas)
   true_samples = dist.sample(config.sampling.num_samples, seed=[config.seed, 16]).numpy()
   figures['samples'] = plots.samples_figure(
@@ -96,7 +118,9 @@ def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 
        'Langevin, exact score': samples['langevin_exact'],
        'Langevin, learned score': samples['langevin_learned'],
        'annealed Langevin, exact': samples['annealed_exact'],
-       'annealed Langevin, learned': samples['annealed_learned']},
+       'annealed Langevin, learned': samples['annealed_learned'],
+       **{f'{k.split("_")[0]}, learned': v for k, v in samples.items()
+          if k not in ('langevin_exact', 'langevin_learned', 'annealed_exact', 'annealed_learned')}},
       dist.plot_radius)
 
   if dist.has_perturbed_score:

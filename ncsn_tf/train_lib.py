@@ -13,6 +13,7 @@
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -173,6 +174,17 @@ class TrainState:
   chief: bool = True  # False on non-chief workers: they write no outputs
   # Seconds the training loop has run, over all resumes (for --train_minutes).
   train_seconds: tf.Variable | None = None
+  # The networks take σ (--noise_embedding=fourier) rather than a level index.
+  continuous: bool = False
+
+  @functools.cached_property
+  def score_model(self):
+    """The EMA network (the network itself without EMA) with its ladder, as a
+    ScoreModel: what sampling, evaluation and export ask for scores. The
+    EMA-or-not choice is made here, once (create_state aliases ema_model to
+    model when --ema_rate=0)."""
+    from ncsn_tf.models.score_model import ScoreModel
+    return ScoreModel(self.ema_model, self.sigmas, continuous=self.continuous)
 
   def checkpoint(self, *, include_train_seconds: bool = True, **extra) -> tf.train.Checkpoint:
     """The checkpoint of this state; include_train_seconds=False reads checkpoints
@@ -215,7 +227,8 @@ def create_state(config: config_lib.Config, strategy: tf.distribute.Strategy) ->
   # Outside the scope: a host-side count that only the Python loop assigns.
   train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name='train_seconds')
   return TrainState(model, ema_model, optimizer, step, ladder(config),
-                    train_seconds=train_seconds)
+                    train_seconds=train_seconds,
+                    continuous=config.model.noise_embedding == 'fourier')
 
 
 def _has_train_seconds(checkpoint_path: str) -> bool:
@@ -284,9 +297,14 @@ def loss_for(config: config_lib.Config, *, uniform_levels: bool = False):
   if t.level_sampling == 'lognormal' and not uniform_levels:
     level_logits = losses.lognormal_level_logits(ladder(config), t.level_log_mean,
                                                  t.level_log_std)
+  sde = None
+  if t.loss == 'continuous_dsm':
+    from ncsn_tf.sampling import configured
+    sde = configured.build_sde(config.model)
   return losses.get_loss(
       t.loss, num_projections=t.num_projections, projection=t.projection,
-      level_logits=level_logits,
+      level_logits=level_logits, sde=sde,
+      weighting='likelihood' if t.likelihood_weighting else 'sigma2',
       exact_score_fn=data_lib.toy.get_toy(config.data.dataset).score if config.data.is_toy else None)
 
 

@@ -111,7 +111,8 @@ def test_the_page_lists_every_flag_and_says_it_is_generated():
   assert configuration_doc.COMMAND in text
   assert 'Adding a setting is one field with its metadata plus its validation, nothing\nelse' in text
   rows = re.findall(r'^\| `--(\w+)` \|', text, flags=re.MULTILINE)
-  assert sorted(rows) == sorted(name for name, _, _ in FLAGS_BEFORE)
+  assert sorted(rows) == sorted(s.flag for s in config_lib.settings())
+  assert set(rows) >= {name for name, _, _ in FLAGS_BEFORE}
   assert '| `--batch_size` | `train.batch_size` | integer | `128` |  | no | Global batch size. |' in text
   assert '| `--workdir` | `workdir` | string | `runs/<config name>` |' in text
   assert '| `--strategy` | `train.strategy` | enum | `auto` | `auto`, `mirrored`, `multi_worker` | yes |' in text
@@ -119,7 +120,7 @@ def test_the_page_lists_every_flag_and_says_it_is_generated():
 
 def test_every_flag_of_before_exists_with_its_kind_and_default():
   defined = {s.flag for s in config_lib.settings()}
-  assert defined == {name for name, _, _ in FLAGS_BEFORE}
+  assert defined >= {name for name, _, _ in FLAGS_BEFORE}  # Settings are added, never lost.
   for name, kind, default in FLAGS_BEFORE:
     flag = ncsn_flags.FLAGS[name]
     assert (_KINDS[type(flag.parser)], flag.default) == (kind, default), name
@@ -129,7 +130,12 @@ def test_every_flag_of_before_exists_with_its_kind_and_default():
 
 
 def test_resume_safe_fields_are_those_of_before():
-  assert config_lib.RESUME_SAFE_FIELDS == RESUME_SAFE_BEFORE
+  # Later settings may add resume-safe fields (the SDE samplers' settings, the
+  # VE prior's mean, which training never reads); none of before may become
+  # unsafe, nor another model, data or training field safe.
+  added = config_lib.RESUME_SAFE_FIELDS - RESUME_SAFE_BEFORE
+  assert config_lib.RESUME_SAFE_FIELDS >= RESUME_SAFE_BEFORE
+  assert all(f.startswith('sampling.') or f == 'model.prior_mean' for f in added), added
 
 
 def _parsed(argv, monkeypatch):

@@ -42,7 +42,8 @@ def test_export_reloads_in_a_fresh_process_and_matches_the_live_model(tmp_path):
   np.save(tmp_path / 'x.npy', x)
   out = subprocess.run([sys.executable, '-c', RELOAD_SCRIPT, path, str(tmp_path / 'x.npy'),
                         str(tmp_path / 'out.npz')], capture_output=True, text=True, check=True)
-  assert json.loads(out.stdout.strip().splitlines()[-1]) == ['sample', 'score', 'serving_default']
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == ['sample', 'score', 'score_sigma',
+                                                             'serving_default']
   got = np.load(tmp_path / 'out.npz')
   live = state.ema_model(x, np.arange(9, dtype=np.int32) % 4).numpy()
   np.testing.assert_allclose(got['score'], live, rtol=1e-5, atol=1e-6)

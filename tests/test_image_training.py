@@ -152,7 +152,7 @@ def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
   out = subprocess.run([sys.executable, '-c', SIGNATURE_SCRIPT, str(export_dir / '1')],
                        capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "['inpaint', 'sample', 'score', 'serving_default']" in out.stdout
+  assert "['inpaint', 'sample', 'score', 'score_sigma', 'serving_default']" in out.stdout
 
 
 def test_snapshot_samples_reuse_one_trace_of_the_sampler(tmp_path):
@@ -183,7 +183,9 @@ def test_pictures_of_logit_space_samples_show_the_images(tmp_path):
                                 '--sample_batch_size=4', '--num_snapshots=2',
                                 f'--workdir={tmp_path}')
   # The exact score of a standard normal in logit space: samples spread over ±2.
-  state = types.SimpleNamespace(ema_model=lambda x, i: -x, sigmas=np.array([1.0, 0.5]))
+  from ncsn_tf.models.score_model import ScoreModel
+  state = types.SimpleNamespace(score_model=ScoreModel(lambda x, i: -x, [1.0, 0.5], continuous=False),
+                                sigmas=np.array([1.0, 0.5]))
   out_dir = modes.run_sample(config, state)
   samples = np.load(os.path.join(out_dir, 'samples.npz'))['samples']
   assert np.abs(samples).max() > 1.0  # Outside [0, 1]: clipping alone would be wrong.

@@ -65,7 +65,7 @@ def _toy_export(tmp_path):
       'score/x': rng.normal(scale=5, size=(6, 2)).astype(np.float32),
       'score/sigma_index': (np.arange(6) % 4).astype(np.int32),
       'sample/num_samples': np.int32(5), 'sample/seed': np.int32(1)}
-  return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs)
+  return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs, state)
 
 
 def _image_export(tmp_path):
@@ -82,12 +82,32 @@ def _image_export(tmp_path):
       'score/x': images, 'score/sigma_index': np.array([0, 2], np.int32),
       'sample/num_samples': np.int32(3), 'sample/seed': np.int32(4),
       'inpaint/images': images, 'inpaint/mask': mask, 'inpaint/seed': np.int32(5)}
-  return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs)
+  return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs, state)
 
 
-def _with_serving_default(inputs):
-  """`serving_default` is `score`: feed it the same inputs."""
-  return {**inputs, **{f'serving_default/{k}': inputs[f'score/{k}'] for k in ('x', 'sigma_index')}}
+def _sde_toy_export(tmp_path):
+  """The continuous VE toy (toy_gmm_sde.cfg): `sample` is the probability-flow ODE."""
+  config = config_from_flagfile(
+      'toy_gmm_sde', '--train_steps=20', '--snapshot_freq=20', '--heldout_batches=0',
+      '--ode_rtol=1e-3', '--ode_atol=1e-3', f'--workdir={tmp_path}/sde',
+      f'--export_dir={tmp_path}/sde_export')
+  state = train_lib.train(config)
+  rng = np.random.default_rng(2)
+  inputs = {
+      'score/x': rng.normal(scale=5, size=(4, 2)).astype(np.float32),
+      'score/sigma_index': np.array([0, 5, 10, 19], np.int32),
+      'sample/num_samples': np.int32(6), 'sample/seed': np.int32(2)}
+  inputs = _with_serving_default(inputs, state)
+  inputs['score_sigma/sigma'] = np.array([0.013, 0.5, 3.7, 19.0], np.float32)  # Off the ladder.
+  return export.export(state.score_model, config, state.sigmas), inputs
+
+
+def _with_serving_default(inputs, state):
+  """`serving_default` is `score`: feed it the same inputs; `score_sigma` the
+  same x at the same levels' σ (a ladder network answers on its ladder)."""
+  return {**inputs, **{f'serving_default/{k}': inputs[f'score/{k}'] for k in ('x', 'sigma_index')},
+          'score_sigma/x': inputs['score/x'],
+          'score_sigma/sigma': np.asarray(state.sigmas, np.float32)[inputs['score/sigma_index']]}
 
 
 def _run_both_loaders(path, inputs, tmp_path):
@@ -107,7 +127,7 @@ def exports(tmp_path_factory):
   """
   root = tmp_path_factory.mktemp('serving')
   out = {}
-  for kind, make in (('toy', _toy_export), ('image', _image_export)):
+  for kind, make in (('toy', _toy_export), ('image', _image_export), ('sde_toy', _sde_toy_export)):
     path, inputs = make(root)
     answers = root / f'{kind}_answers'
     answers.mkdir()
@@ -115,11 +135,12 @@ def exports(tmp_path_factory):
   return out
 
 
-@pytest.mark.parametrize('kind', ['toy', 'image'])
+@pytest.mark.parametrize('kind', ['toy', 'image', 'sde_toy'])
 def test_every_signature_answers_through_the_session_loader_as_through_tf2(exports, kind):
   path, inputs, results = exports[kind]
   signatures = {key.split('/')[0] for key in inputs}
-  expected = {'score', 'sample', 'serving_default'} | ({'inpaint'} if kind == 'image' else set())
+  expected = {'score', 'score_sigma', 'sample', 'serving_default'} | (
+      {'inpaint'} if kind == 'image' else set())
   assert signatures == expected  # Every signature of the export is exercised.
   session_keys = sorted(k for k in results if k.startswith('session/'))
   assert [k.split('/', 1)[1] for k in session_keys] == sorted(
@@ -131,6 +152,9 @@ def test_every_signature_answers_through_the_session_loader_as_through_tf2(expor
                                rtol=1e-5, atol=1e-5, err_msg=key)
     assert np.all(np.isfinite(results[key])), key
   assert results['session/sample/samples'].shape[0] == int(inputs['sample/num_samples'])
+  if kind != 'sde_toy':  # On the ladder, the σ signature is the index signature.
+    np.testing.assert_allclose(results['session/score_sigma/score'],
+                               results['session/score/score'], rtol=1e-6, atol=1e-6)
 
 
 def _saved_model_cli(*args):
@@ -146,7 +170,7 @@ def _cli_run(path, signature, input_exprs, outdir):
   return result
 
 
-@pytest.mark.parametrize('kind', ['toy', 'image'])
+@pytest.mark.parametrize('kind', ['toy', 'image', 'sde_toy'])
 def test_saved_model_cli_runs_score_and_sample(exports, kind, tmp_path):
   path, inputs, reference = exports[kind]
   x, index = inputs['score/x'], inputs['score/sigma_index']
@@ -191,7 +215,7 @@ def _documented_signatures():
   return documented
 
 
-@pytest.mark.parametrize('kind', ['toy', 'image'])
+@pytest.mark.parametrize('kind', ['toy', 'image', 'sde_toy'])
 def test_the_documented_serving_contract_matches_the_export(exports, kind):
   path, _, _ = exports[kind]
   documented = _documented_signatures()
@@ -217,3 +241,13 @@ def test_the_documented_rest_requests_name_real_inputs():
     request = json.loads(body)
     signature = request.get('signature_name', 'serving_default')
     assert set(request['inputs']) == set(documented[signature]['inputs']), body
+
+
+def test_saved_model_cli_show_lists_the_sde_signatures_and_the_sampler(exports):
+  path, _, _ = exports['sde_toy']
+  shown = _saved_model_cli('show', '--dir', path, '--all')
+  assert shown.returncode == 0, shown.stderr[-2000:]
+  for name in ('score', 'score_sigma', 'sample', 'serving_default'):
+    assert f"signature_def['{name}']" in shown.stdout
+  loaded = tf.saved_model.load(path)
+  assert loaded.sampler.numpy().decode().startswith('ode(rtol=0.001, atol=0.001')

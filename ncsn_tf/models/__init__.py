@@ -7,9 +7,15 @@ from ncsn_tf import sigmas as sigmas_lib
 
 
 def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
-  """A built noise-conditional score model s(x, sigma_index) -> same shape as x."""
+  """A built noise-conditional score model -> same shape as x: s(x, sigma_index), or
+  s(x, sigma) with sigma float32 [N] for --noise_embedding=fourier."""
   m = config.model
   sigmas = sigmas_lib.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
+  continuous = m.noise_embedding == 'fourier'
+  if m.name == 'mlp' and continuous:  # s(x, σ) for any σ > 0.
+    from ncsn_tf.models.mlp import ContinuousScoreMLP
+    return ContinuousScoreMLP(data_dim=data_shape[0], hidden_units=m.ngf,
+                              num_layers=m.num_layers, name='score_mlp_continuous').build_for()
   if m.name == 'mlp':
     from ncsn_tf import losses
     from ncsn_tf.models.mlp import NoiseConditionalMLP, ScoreMLP
@@ -40,5 +46,5 @@ def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
                      logit_transform=config.data.logit_transform,
                      scale_by_sigma=m.scale_by_sigma, norm=m.unet_norm,
                      sigma_data=m.sigma_data if m.preconditioning == 'edm' else None,
-                     name='score_unet').build_for()
+                     continuous=continuous, name='score_unet').build_for()
   raise ValueError(f'unknown model {m.name!r}')
