@@ -17,7 +17,7 @@ import os
 
 TOY_DATASETS = ('gmm', 'banana', 'rings', 'grid', 'gmm8')
 IMAGE_DATASETS = ('mnist', 'cifar10', 'celeba', 'folder', 'shapes')
-MODES = ('train', 'sample', 'eval', 'export', 'experiment', 'inpaint', 'stats')
+MODES = ('train', 'sample', 'eval', 'export', 'experiment', 'inpaint', 'stats', 'likelihood')
 #: --inception_kind values: the network whose features FID/IS/KID use (ncsn_tf/evaluation.py).
 INCEPTION_KINDS = ('fid_graph', 'keras', 'tiny_random')
 MODELS = ('mlp', 'refinenet', 'unet')
@@ -51,6 +51,12 @@ NOISE_EMBEDDINGS = ('ladder', 'fourier')
 CONTINUOUS_MODELS = ('mlp', 'unet')
 #: --sampler values (ncsn_tf/sampling/registry.py SAMPLERS; a test keeps them equal).
 SAMPLERS = ('ald', 'pc', 'ode', 'heun')
+#: --likelihood_source values: score a dataset split, or the model's own samples.
+LIKELIHOOD_SOURCES = ('data', 'samples')
+#: --probe values: the Hutchinson probes' distribution (ncsn_tf/likelihood.py PROBES).
+HUTCHINSON_PROBES = ('rademacher', 'gaussian')
+#: Splits --likelihood_split may name (a dataset without one fails before any work).
+SPLITS = ('train', 'test', 'validation')
 #: --predictor and --corrector values of --sampler=pc (ncsn_tf/sampling/pc.py).
 PREDICTORS = ('reverse_diffusion', 'euler_maruyama', 'ancestral', 'none')
 CORRECTORS = ('langevin', 'ald', 'none')
@@ -256,25 +262,43 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """Sample quality: Inception Score, FID and KID (ncsn_tf/evaluation.py, docs/evaluation.md)."""
+  """Sample quality (ncsn_tf/evaluation.py, docs/evaluation.md) and likelihoods
+  (ncsn_tf/likelihood_eval.py); all resume-safe: they choose what is measured, not the model."""
   num_samples: int = setting(
       50_000, 'Samples for Inception Score, FID and KID (50000 as published; 0: held-out loss only).',
-      flag='eval_samples')
+      flag='eval_samples', resume_safe=True)
   batch_size: int = setting(500, 'Images per sampler call and Inception batch.',
-                            flag='eval_batch_size')
+                            flag='eval_batch_size', resume_safe=True)
   checkpoints: str = setting('latest', 'Checkpoints --mode=eval evaluates: latest, all, or '
-                             'comma-separated steps.', flag='eval_checkpoints')
+                             'comma-separated steps.', flag='eval_checkpoints', resume_safe=True)
   inception_kind: str = setting(
       'fid_graph', f'One of {", ".join(INCEPTION_KINDS)}: fid_graph is the 2015 graph of '
       'published FID/IS; keras (InceptionV3) and tiny_random are not comparable.',
-      choices=INCEPTION_KINDS)
+      choices=INCEPTION_KINDS, resume_safe=True)
   inception_path: str = setting(
-      '', 'classify_image_graph_def.pb (or its directory) for fid_graph; a weights file for keras.')
+      '', 'classify_image_graph_def.pb (or its directory) for fid_graph; a weights file for keras.', resume_safe=True)
   reference_stats: str = setting(
       '', 'FID statistics .npz (mu, sigma; TTUR files load as-is). Default: computed from '
-      '--reference_split and cached under <workdir>/reference_stats/.')
-  reference_split: str = setting('train', 'Dataset split for computed statistics.')
-  reference_images: int = setting(0, 'Images for computed statistics (0: the whole split).')
+      '--reference_split and cached under <workdir>/reference_stats/.', resume_safe=True)
+  reference_split: str = setting('train', 'Dataset split for computed statistics.', resume_safe=True)
+  reference_images: int = setting(0, 'Images for computed statistics (0: the whole split).', resume_safe=True)
+  likelihood_source: str = setting(
+      'data', '--mode=likelihood: score --likelihood_split of the dataset (data) or the '
+      "model's own samples (samples, drawn with --sampler).", choices=LIKELIHOOD_SOURCES, resume_safe=True)
+  likelihood_split: str = setting('test', '--mode=likelihood: the dataset split to score.',
+                                  choices=SPLITS, resume_safe=True)
+  likelihood_examples: int = setting(
+      1000, '--mode=likelihood: examples to score (0: the whole split; toys: fresh draws).', resume_safe=True)
+  hutchinson_probes: int = setting(
+      1, '--mode=likelihood: Hutchinson-Skilling probes per example for the divergence '
+      '(one draw, fixed over the solve; Song et al. 2021 use 1).', resume_safe=True)
+  probe: str = setting('rademacher', '--mode=likelihood: the probes\' distribution.',
+                       choices=HUTCHINSON_PROBES, resume_safe=True)
+  exact_trace: bool = setting(
+      False, '--mode=likelihood: the exact divergence by autodiff (one pass per dimension: '
+      'toys only) instead of the Hutchinson estimate.', resume_safe=True)
+  likelihood_repeats: int = setting(
+      1, '--mode=likelihood, images: dequantisation draws averaged per image (docs/likelihood.md).', resume_safe=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -612,7 +636,34 @@ def _validate_continuous(config: Config):
   _require(0 < s.sampling_eps < 1, 'sampling_eps', f'must be in (0, 1), got {s.sampling_eps}')
 
 
+def _validate_likelihood(config: Config):
+  ev = config.eval
+  _require(ev.hutchinson_probes >= 1, 'hutchinson_probes',
+           f'must be >= 1, got {ev.hutchinson_probes}')
+  _require(ev.likelihood_repeats >= 1, 'likelihood_repeats',
+           f'must be >= 1, got {ev.likelihood_repeats}')
+  _require(ev.likelihood_examples >= (1 if config.data.is_toy else 0), 'likelihood_examples',
+           f'must be >= {1 if config.data.is_toy else 0}'
+           f'{" (toys draw fresh examples)" if config.data.is_toy else " (0: the whole split)"}, '
+           f'got {ev.likelihood_examples}')
+  if config.mode != 'likelihood':
+    return
+  _require(config.model.noise_embedding == 'fourier' and config.model.sde != 'none', 'mode',
+           'likelihood integrates the probability-flow ODE, which needs a continuous-σ model '
+           '(--sde and --noise_embedding=fourier); a ladder network has no score between its levels')
+  if not config.data.is_toy:
+    dims = 3 * config.data.image_size**2  # The most an image of this size can have.
+    _require(not ev.exact_trace, 'exact_trace',
+             f'is for the toys (one backward pass per dimension; images have up to {dims}): '
+             'use --hutchinson_probes')
+    known = ('train', 'test') if config.data.dataset in ('shapes', 'folder') else SPLITS
+    _require(ev.likelihood_split in known, 'likelihood_split',
+             f'--dataset={config.data.dataset} has the splits {", ".join(known)}, '
+             f'got {ev.likelihood_split!r}')
+
+
 def _validate_eval(config: Config):
+  _validate_likelihood(config)
   ev = config.eval
   if config.mode == 'stats':
     _require(not config.data.is_toy, 'mode', 'stats needs an image --dataset')

@@ -11,6 +11,11 @@
   settings (stateless: same seed, same samples)
 * `inpaint` (image models): images float32 [N, *data_shape], mask float32 [N, *data_shape]
   (1 = known), seed int32 [] -> inpainted float32 [N, *data_shape]
+* `log_likelihood` (continuous-σ models): x float32 [N, *data_shape] in the data's range
+  (images: dequantised, in [0, 1), or their logits with --logit_transform), seed int32 [] ->
+  log_prob float32 [N] (nats), bits_per_dim float32 [N] (images: 8-bit pixel units,
+  docs/likelihood.md; toys: −log_prob/(D log 2)), nfe int32 [], the probability-flow
+  ODE at the run's --ode_rtol/--ode_atol and Hutchinson settings
 * `serving_default` = `score`
 
 and the variables `sigmas` (the ladder), the string `config_json` and the
@@ -77,6 +82,9 @@ class ScoreModule(tf.Module):
     self.score = tf.function(self._score, input_signature=[x_spec, index_spec])
     self.score_sigma = tf.function(self._score_sigma, input_signature=[
         x_spec, tf.TensorSpec([None], tf.float32, name='sigma')])
+    if score_model.is_continuous and configured.build_sde(config.model) is not None:
+      self.log_likelihood = tf.function(self._log_likelihood, input_signature=[
+          x_spec, tf.TensorSpec([], tf.int32, name='seed')])
     self.sample = tf.function(self._sample, input_signature=[
         tf.TensorSpec([], tf.int32, name='num_samples'), tf.TensorSpec([], tf.int32, name='seed')])
     if not config.data.is_toy:
@@ -89,6 +97,8 @@ class ScoreModule(tf.Module):
   def signatures(self) -> dict:
     out = {'score': self.score, 'score_sigma': self.score_sigma, 'sample': self.sample,
            'serving_default': self.score}
+    if hasattr(self, 'log_likelihood'):
+      out['log_likelihood'] = self.log_likelihood
     if hasattr(self, 'inpaint'):
       out['inpaint'] = self.inpaint
     return out
@@ -116,6 +126,26 @@ class ScoreModule(tf.Module):
         tf.debugging.assert_positive(sigma, message='score_sigma: sigma must be > 0')]
     with tf.control_dependencies(checks):
       return {'score': self.score_model.score_sigma(x, sigma)}
+
+  def _log_likelihood(self, x, seed):
+    from ncsn_tf import likelihood_eval
+    cfg = self._config
+    x = tf.ensure_shape(x, [None, *self._shape], name='check_x_shape')
+    checks = []
+    if not cfg.data.is_toy and not cfg.data.logit_transform:
+      checks = [tf.debugging.assert_greater_equal(x, 0.0, message='log_likelihood: images must be in [0, 1)'),
+                tf.debugging.assert_less(x, 1.0, message='log_likelihood: images must be in [0, 1)')]
+    with tf.control_dependencies(checks):
+      x = tf.identity(x)
+    log_prob, nfe = likelihood_eval.model_log_prob(cfg, self.score_model, x,
+                                                   tf.stack([seed, tf.constant(0)]))
+    dims = int(np.prod(self._shape))
+    if cfg.data.is_toy:
+      bpd = -log_prob / (dims * np.log(2.0))
+    else:
+      bpd = likelihood_eval.image_bits_per_dim(cfg, log_prob, x)
+    return {'log_prob': log_prob, 'bits_per_dim': tf.cast(bpd, tf.float32),
+            'nfe': tf.cast(nfe, tf.int32)}
 
   def _sample(self, num_samples, seed):
     cfg = self._config

@@ -7,6 +7,7 @@ stats   -> FID reference statistics (mean, covariance) of a dataset split
 inpaint -> <workdir>/inpainting/: originals, masked inputs and completions
 export  -> <export_dir>/<version>/ SavedModel
 experiment -> the score-matching lab's figures and tables (ncsn_tf/experiments.py)
+likelihood -> exact NLL (toys) or bits/dim (images) by the probability-flow ODE, to metrics.json
 """
 
 import os
@@ -222,6 +223,12 @@ def run_train(config: config_lib.Config) -> dict:
   return {'metrics': metrics, 'export': path}
 
 
+def run_likelihood(config: config_lib.Config, state=None) -> dict:
+  """Exact log-likelihoods by the probability-flow ODE (ncsn_tf/likelihood_eval.py)."""
+  from ncsn_tf import likelihood_eval
+  return likelihood_eval.evaluate_likelihood(config, state)
+
+
 def run_experiment(config: config_lib.Config) -> dict:
   """The score-matching lab on a toy (see ncsn_tf/experiments.py)."""
   from ncsn_tf import experiments
@@ -229,4 +236,5 @@ def run_experiment(config: config_lib.Config) -> dict:
 
 
 MODES = {'train': run_train, 'sample': run_sample, 'eval': run_eval, 'export': run_export,
-         'experiment': run_experiment, 'inpaint': run_inpaint, 'stats': run_stats}
+         'experiment': run_experiment, 'inpaint': run_inpaint, 'stats': run_stats,
+         'likelihood': run_likelihood}

@@ -99,6 +99,8 @@ def _sde_toy_export(tmp_path):
       'sample/num_samples': np.int32(6), 'sample/seed': np.int32(2)}
   inputs = _with_serving_default(inputs, state)
   inputs['score_sigma/sigma'] = np.array([0.013, 0.5, 3.7, 19.0], np.float32)  # Off the ladder.
+  inputs['log_likelihood/x'] = inputs['score/x'][:3]
+  inputs['log_likelihood/seed'] = np.int32(0)
   return export.export(state.score_model, config, state.sigmas), inputs
 
 
@@ -140,7 +142,8 @@ def test_every_signature_answers_through_the_session_loader_as_through_tf2(expor
   path, inputs, results = exports[kind]
   signatures = {key.split('/')[0] for key in inputs}
   expected = {'score', 'score_sigma', 'sample', 'serving_default'} | (
-      {'inpaint'} if kind == 'image' else set())
+      {'inpaint'} if kind == 'image' else set()) | (
+      {'log_likelihood'} if kind == 'sde_toy' else set())
   assert signatures == expected  # Every signature of the export is exercised.
   session_keys = sorted(k for k in results if k.startswith('session/'))
   assert [k.split('/', 1)[1] for k in session_keys] == sorted(
@@ -247,7 +250,7 @@ def test_saved_model_cli_show_lists_the_sde_signatures_and_the_sampler(exports):
   path, _, _ = exports['sde_toy']
   shown = _saved_model_cli('show', '--dir', path, '--all')
   assert shown.returncode == 0, shown.stderr[-2000:]
-  for name in ('score', 'score_sigma', 'sample', 'serving_default'):
+  for name in ('score', 'score_sigma', 'sample', 'serving_default', 'log_likelihood'):
     assert f"signature_def['{name}']" in shown.stdout
   loaded = tf.saved_model.load(path)
   assert loaded.sampler.numpy().decode().startswith('ode(rtol=0.001, atol=0.001')

@@ -1,0 +1,228 @@
+"""`--mode=likelihood`: the model's exact log-likelihood over data or its own samples.
+
+For each checkpoint of --eval_checkpoints, scores --likelihood_examples
+examples by the probability-flow ODE (ncsn_tf/likelihood.py), in batches of
+--eval_batch_size, and writes to <workdir>/metrics.json (key 'likelihood', per
+step) and TensorBoard (eval/likelihood_*):
+
+- toys: the mean negative log-likelihood in nats with its standard error,
+  beside the same points' exact values from TFP: −log p_data (the true
+  mixture's entropy, estimated on the same points) and −log p_σ(ε), the data
+  perturbed to the model's smallest noise level, which is the density the
+  model's ODE defines;
+- images: bits per dimension in 8-bit pixel units (docs/likelihood.md has the
+  formula) averaged over --likelihood_repeats dequantisation draws, beside two
+  baselines computed in the same run: the full-covariance Gaussian fitted to
+  the training split, and the uniform density (8 bits/dim).
+
+Also the NFE per batch and the seconds per example.
+"""
+
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from ncsn_tf import config as config_lib
+from ncsn_tf import likelihood
+from ncsn_tf import metrics_file
+from ncsn_tf import train_lib
+from ncsn_tf.data import images as images_lib
+from ncsn_tf.data import toy
+from ncsn_tf.progress import Progress
+from ncsn_tf.sampling import configured
+
+#: Seeds of the toy evaluation points and of the dequantisation (apart from training's).
+#: Batch k's Hutchinson probes come from [--seed, k], as the export's `log_likelihood`
+#: draws them from [seed, 0]: the export at seed = --seed answers batch 0 exactly.
+_POINTS_SEED, _DEQUANTIZE_SEED = 61, 63
+#: Training images for the Gaussian baseline's covariance (needs more than D).
+GAUSSIAN_BASELINE_IMAGES = 10_000
+
+
+def ode_settings(config: config_lib.Config) -> dict:
+  """The likelihood settings of the run: tolerances and ε are the ODE sampler's."""
+  ev, s = config.eval, config.sampling
+  return dict(exact_trace=ev.exact_trace, hutchinson_probes=ev.hutchinson_probes,
+              probe=ev.probe, rtol=s.ode_rtol, atol=s.ode_atol, eps=s.sampling_eps)
+
+
+def model_log_prob(config: config_lib.Config, score_model, x, seed):
+  """(log p_model(x) float32 [N] in nats, nfe) of the run's SDE and ODE settings."""
+  sde = configured.build_sde(config.model)
+  return likelihood.log_likelihood(configured.time_score_fn(score_model, sde), sde, x, seed,
+                                   **ode_settings(config))
+
+
+def image_bits_per_dim(config: config_lib.Config, log_prob, x_model) -> tf.Tensor:
+  """bits/dim [N] of images x_model [N, H, W, C] in the model's space (y, or its logit)."""
+  dims = int(np.prod(x_model.shape[1:]))
+  if config.data.logit_transform:
+    return likelihood.bits_per_dim(log_prob, dims, logit_alpha=images_lib.LOGIT_LAMBDA,
+                                   x_model=x_model)
+  return likelihood.bits_per_dim(log_prob, dims)
+
+
+def _mean_and_stderr(values) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 \
+      else float('nan')
+
+
+def _batches(x, batch_size: int):
+  for start in range(0, len(x), batch_size):
+    yield start, x[start:start + batch_size]
+
+
+def _score_batches(config, score_model, x, to_metric, name: str):
+  """Runs the ODE over x in batches; returns (per-example metric [N], NFE per batch)."""
+  values, nfes = [], []
+  progress = Progress(name, len(x))
+  for k, (start, batch) in enumerate(_batches(x, config.eval.batch_size)):
+    batch = tf.constant(batch, tf.float32)
+    log_prob, nfe = model_log_prob(config, score_model, batch,
+                                   tf.constant([config.seed, k], tf.int32))
+    values.append(np.asarray(to_metric(log_prob, batch)))
+    nfes.append(int(nfe))
+    progress.update(start + len(batch))
+  progress.close()
+  return np.concatenate(values), nfes
+
+
+def _model_samples(config, score_model, num: int, shape) -> np.ndarray:
+  sampler = configured.ConfiguredSampler(config, score_model, shape)
+  out = []
+  for k, (start, _) in enumerate(_batches(np.zeros(num), config.sampling.sample_batch_size)):
+    size = min(config.sampling.sample_batch_size, num - start)
+    samples, _, _ = sampler.sample(size, tf.constant([config.seed + 71, k], tf.int32))
+    out.append(samples.numpy())
+  return np.concatenate(out)
+
+
+def toy_likelihood(config: config_lib.Config, score_model) -> dict:
+  """Mean NLL in nats of toy points (fresh draws, or the model's samples), with exact values."""
+  dist = toy.get_toy(config.data.dataset)
+  num = config.eval.likelihood_examples
+  if config.eval.likelihood_source == 'samples':
+    points = _model_samples(config, score_model, num, (dist.dim,))
+  else:
+    points = dist.sample(num, seed=[config.seed + _POINTS_SEED, 0]).numpy()
+  start = time.perf_counter()
+  nll, nfes = _score_batches(config, score_model, points, lambda lp, _: -lp.numpy(), 'likelihood')
+  seconds = time.perf_counter() - start
+  mean, stderr = _mean_and_stderr(nll)
+  out = {'source': config.eval.likelihood_source, 'num_examples': len(points),
+         'nll_nats': mean, 'nll_nats_stderr': stderr, 'nfe_per_batch': nfes,
+         'seconds_per_example': seconds / len(points), 'settings': ode_settings(config)}
+  exact = -dist.log_prob(points).numpy()
+  out['exact_nll_nats'] = float(np.mean(exact))
+  # Paired over the same points: the model's excess NLL is far tighter than
+  # either mean's own standard error (which is the points' spread).
+  out['excess_nll_nats'], out['excess_nll_nats_stderr'] = _mean_and_stderr(nll - exact)
+  if dist.has_perturbed_score and hasattr(dist, 'perturbed_log_prob'):
+    sde = configured.build_sde(config.model)
+    sigma_eps = float(sde.sigma_of_t([config.sampling.sampling_eps]).numpy()[0])
+    out['exact_nll_nats_perturbed'] = float(-np.mean(
+        dist.perturbed_log_prob(points, sigma_eps).numpy()))
+    out['sigma_eps'] = sigma_eps
+  return out
+
+
+def _quantized(images) -> np.ndarray:
+  """float images in [0, 1] on the k/255 grid -> their 8-bit values (float32 0..255)."""
+  return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.float32)
+
+
+def _split_images(config, split: str, limit: int) -> np.ndarray:
+  from ncsn_tf import evaluation
+  batches = list(evaluation.dataset_images(config, split, limit))
+  if not batches:
+    raise FileNotFoundError(f'--likelihood_split={split}: no images in that split')
+  return np.concatenate(batches)
+
+
+def image_likelihood(config: config_lib.Config, score_model) -> dict:
+  """Bits/dim of images (a split, or the model's samples) with the two baselines."""
+  ev = config.eval
+  if ev.likelihood_source == 'samples':
+    from ncsn_tf import data as data_lib
+    shape = data_lib.data_shape(config.data)
+    raw = _model_samples(config, score_model, ev.likelihood_examples or 1000, shape)
+    raw = data_lib.to_unit_range(raw, config.data)
+    pixels = _quantized(raw)
+  else:
+    pixels = _quantized(_split_images(config, ev.likelihood_split, ev.likelihood_examples))
+  start = time.perf_counter()
+  repeats = []
+  for r in range(ev.likelihood_repeats):
+    # The training pipeline's dequantisation, x·255/256 + u/256 (images.dequantize).
+    y = images_lib.dequantize(pixels / 255.0, tf.constant([config.seed + _DEQUANTIZE_SEED, r]))
+    x_model = images_lib.logit_transform(y) if config.data.logit_transform else y
+    bpd, nfes = _score_batches(config, score_model, x_model.numpy(),
+                               lambda lp, xb: image_bits_per_dim(config, lp, xb).numpy(),
+                               f'likelihood {r + 1}/{ev.likelihood_repeats}')
+    repeats.append(bpd)
+  seconds = time.perf_counter() - start
+  per_image = np.mean(repeats, axis=0)
+  mean, stderr = _mean_and_stderr(per_image)
+  train = _quantized(_split_images(config, 'train', GAUSSIAN_BASELINE_IMAGES))
+  gaussian = likelihood.gaussian_baseline_bpd(
+      train, pixels, logit_alpha=images_lib.LOGIT_LAMBDA if config.data.logit_transform else None,
+      seed=config.seed)
+  g_mean, g_stderr = _mean_and_stderr(gaussian)
+  return {'source': ev.likelihood_source, 'split': ev.likelihood_split,
+          'num_examples': len(pixels), 'repeats': ev.likelihood_repeats,
+          'bits_per_dim': mean, 'bits_per_dim_stderr': stderr, 'nfe_per_batch': nfes,
+          'seconds_per_example': seconds / (len(pixels) * ev.likelihood_repeats),
+          'settings': ode_settings(config),
+          'baselines': {'gaussian_full_covariance': g_mean, 'gaussian_stderr': g_stderr,
+                        'gaussian_train_images': len(train), 'uniform': likelihood.UNIFORM_BPD}}
+
+
+def _summary_line(result: dict) -> str:
+  if 'nll_nats' in result:
+    line = (f'NLL {result["nll_nats"]:.4f} ± {result["nll_nats_stderr"]:.4f} nats over '
+            f'{result["num_examples"]} points; exact {result["exact_nll_nats"]:.4f}, excess '
+            f'{result["excess_nll_nats"]:.4f} ± {result["excess_nll_nats_stderr"]:.4f}')
+    if 'exact_nll_nats_perturbed' in result:
+      line += f' (perturbed to σ(ε): {result["exact_nll_nats_perturbed"]:.4f})'
+  else:
+    b = result['baselines']
+    line = (f'{result["bits_per_dim"]:.3f} ± {result["bits_per_dim_stderr"]:.3f} bits/dim over '
+            f'{result["num_examples"]} images; full-covariance Gaussian '
+            f'{b["gaussian_full_covariance"]:.3f}, uniform {b["uniform"]:.0f}')
+  nfe = np.mean(result['nfe_per_batch'])
+  return f'{line}; NFE {nfe:.0f} per batch, {1e3 * result["seconds_per_example"]:.1f} ms per example'
+
+
+def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
+  """Scores every checkpoint of --eval_checkpoints (or `state`); returns {step: result}."""
+  from ncsn_tf import evaluation
+  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
+  if state is None:
+    state = train_lib.create_state(config, tf.distribute.get_strategy())
+    train_lib.check_resume_config(config)
+    targets = evaluation.select_checkpoints(config)
+  else:
+    targets = {int(state.step.numpy()): None}
+  score = toy_likelihood if config.data.is_toy else image_likelihood
+  results = {}
+  for step, path in targets.items():
+    if path is not None:
+      step = train_lib.restore_step(state, path)
+    result = score(config, state.score_model)
+    with writer.as_default(step=step):
+      key = 'nll_nats' if config.data.is_toy else 'bits_per_dim'
+      tf.summary.scalar(f'eval/likelihood_{key}', result[key])
+      if not config.data.is_toy:
+        tf.summary.scalar('eval/likelihood_gaussian_baseline_bpd',
+                          result['baselines']['gaussian_full_covariance'])
+    writer.flush()
+    logging.info('likelihood, step %d: %s', step, _summary_line(result))
+    results[str(step)] = result
+  metrics = metrics_file.read_metrics(config.workdir)
+  metrics['likelihood'] = {**metrics.get('likelihood', {}), **results}
+  metrics_file.write_metrics(config.workdir, metrics)
+  return results
