@@ -227,7 +227,11 @@ def export(score_model, config: config_lib.Config, sigmas: np.ndarray,
   module = ScoreModule(score_model, config, sigmas)
   signatures = module.signatures()
   try:
-    tf.saved_model.save(module, tmp, signatures=signatures)
+    # No custom gradients: a server never differentiates the signatures, and
+    # saving the ODE solver's and the networks' gradient functions took 3x as
+    # long (76 against 23 s for a small continuous U-Net with log_likelihood).
+    tf.saved_model.save(module, tmp, signatures=signatures,
+                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
     os.rename(tmp, final)  # Atomic on one filesystem: a version is whole or absent.
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -196,7 +196,8 @@ def test_shapes_sde_cli_trains_a_continuous_unet_samples_with_heun_and_exports(t
   assert samples['trajectory'].shape == (1, 4, 16, 16, 3)  # Heun keeps no chain.
   assert (workdir / 'samples' / 'shape_fit.json').exists()
   loaded = tf.saved_model.load(str(export_dir / '1'))
-  assert set(loaded.signatures) == {'score', 'score_sigma', 'sample', 'inpaint', 'serving_default'}
+  assert set(loaded.signatures) == {'score', 'score_sigma', 'sample', 'inpaint', 'serving_default',
+                                    'log_likelihood'}
   assert loaded.sampler.numpy().decode() == 'heun(num_steps=4, sampling_eps=1e-05)'
 
 
