@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from ncsn_tf import config as config_lib
+from ncsn_tf import data as data_lib
 from ncsn_tf import likelihood
 from ncsn_tf import metrics_file
 from ncsn_tf import train_lib
@@ -147,7 +148,6 @@ def image_likelihood(config: config_lib.Config, score_model) -> dict:
   """Bits/dim of images (a split, or the model's samples) with the two baselines."""
   ev = config.eval
   if ev.likelihood_source == 'samples':
-    from ncsn_tf import data as data_lib
     shape = data_lib.data_shape(config.data)
     raw = _model_samples(config, score_model, ev.likelihood_examples or 1000, shape)
     raw = data_lib.to_unit_range(raw, config.data)

@@ -11,6 +11,9 @@ import functools
 
 import tensorflow as tf
 
+from ncsn_tf import noise
+from ncsn_tf.noise import nearest_level_index  # The per-level statistics' bucketing.
+
 
 def dsm_target(perturbed_x, x, sigma):
   """The denoising score-matching target ∇ log q_σ(x̃ | x) = −(x̃ − x) / σ² (Vincent 2011).
@@ -265,22 +268,7 @@ def anneal_ssm_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 
 CONTINUOUS_WEIGHTINGS = ('sigma2', 'likelihood')
 
 
-def nearest_level_index(sigma, sigmas):
-  """(index int32 [N], gap float32 [N]): each σ's nearest level of the ladder in log σ.
-
-  sigma: float32 [N] > 0; sigmas: float32 [L] > 0, any order (here index 0
-  largest). `gap` = |log σ − log σ_index|; a σ outside the ladder's range maps
-  to the nearer end (argmin never leaves [0, L)).
-  """
-  log_sigma = tf.math.log(tf.cast(sigma, tf.float32))
-  log_ladder = tf.math.log(tf.cast(sigmas, tf.float32))
-  distance = tf.abs(log_sigma[:, None] - log_ladder[None, :])            # [N, L]
-  return tf.argmin(distance, axis=1, output_type=tf.int32), tf.reduce_min(distance, axis=1)
-
-
 def _is_variance_exploding(sde) -> bool:
-  # Imported here, not at the top: losses stay importable without the SDE module.
-  from ncsn_tf import noise
   return isinstance(sde, noise.VESDE)
 
 

@@ -29,6 +29,19 @@ def _check(condition, message):
     raise ValueError(message)
 
 
+def nearest_level_index(sigma, sigmas):
+  """(index int32 [N], gap float32 [N]): each σ's nearest level of the ladder in log σ.
+
+  sigma: float32 [N] > 0; sigmas: float32 [L] > 0, any order (here index 0
+  largest). `gap` = |log σ − log σ_index|; a σ outside the ladder's range maps
+  to the nearer end (argmin never leaves [0, L)).
+  """
+  log_sigma = tf.math.log(tf.cast(sigma, tf.float32))
+  log_ladder = tf.math.log(tf.cast(sigmas, tf.float32))
+  distance = tf.abs(log_sigma[:, None] - log_ladder[None, :])            # [N, L]
+  return tf.argmin(distance, axis=1, output_type=tf.int32), tf.reduce_min(distance, axis=1)
+
+
 def expand_to(v, x):
   """Reshape per-example v [N] to [N, 1, ..., 1] so it broadcasts against x [N, ...]."""
   v = tf.convert_to_tensor(v, tf.float32)
@@ -304,10 +317,7 @@ class Ladder:
     Off the ladder (more than the tolerance from every level, in log σ) is a
     ValueError when run eagerly and an InvalidArgumentError inside a graph.
     """
-    log_sigma = tf.math.log(tf.cast(sigma, tf.float32))
-    distance = tf.abs(log_sigma[:, None] - np.log(self.sigmas)[None])        # [N, L]
-    index = tf.argmin(distance, axis=1, output_type=tf.int32)
-    gap = tf.reduce_min(distance, axis=1)
+    index, gap = nearest_level_index(sigma, self.sigmas)
     message = f'sigma is not on the ladder ({self.sigmas[0]:g} .. {self.sigmas[-1]:g}, L={self.num_scales})'
     if tf.executing_eagerly():
       _check(bool(tf.reduce_all(gap <= self._log_tolerance)), message)

@@ -39,7 +39,7 @@ in __init__ and stored on the instance: `model.score_sigma is model.score_sigma`
 import numpy as np
 import tensorflow as tf
 
-from ncsn_tf.losses import nearest_level_index
+from ncsn_tf.noise import expand_to, nearest_level_index
 
 #: Relative tolerance in σ of the ladder adapter: a σ within it of a level is
 #: that level. Float32 σ computed through an SDE's σ(t) at a level's time lands
@@ -48,11 +48,6 @@ from ncsn_tf.losses import nearest_level_index
 LADDER_RTOL = 1e-4
 
 _METHODS = ('score_index', 'score_sigma', 'score_t')
-
-
-def _per_example(v, x):
-  """v [N] reshaped to [N, 1, ..., 1] to broadcast against x [N, ...]."""
-  return tf.reshape(v, tf.concat([tf.shape(v), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
 
 
 class ScoreModel:
@@ -147,5 +142,5 @@ class ScoreModel:
     """
     x = tf.cast(x, tf.float32)
     t = tf.cast(t, tf.float32)
-    alpha = _per_example(sde.mean_coeff(t), x)
+    alpha = expand_to(sde.mean_coeff(t), x)
     return self.score_sigma(x / alpha, sde.sigma_of_t(t)) / alpha

@@ -118,8 +118,7 @@ class ConfiguredSampler:
   def initial_state(self, num, seed) -> tf.Tensor:
     """Starting points [num, *shape]: uniform for annealed Langevin, else the SDE's prior."""
     if self.name == 'ald':
-      return uniform_initial_state(self.shape, tf.constant(num) if isinstance(num, int) else num,
-                                   seed, self.config.data)
+      return uniform_initial_state(self.shape, num, seed, self.config.data)
     return self.sde.prior_sample(tf.concat([[num], tf.constant(self.shape, tf.int32)], 0), seed)
 
   def run(self, x_init, chain_seed, num_snapshots: int = 0):
