@@ -190,7 +190,7 @@ def run_inpaint(config: config_lib.Config, state=None) -> str:
   repeated = np.repeat(originals, s.inpaint_completions, axis=0)
   repeated_mask = np.repeat(mask, s.inpaint_completions, axis=0)
   completions = inpainting.annealed_langevin_inpainting(
-      lambda x, i: state.ema_model(x, i), repeated, repeated_mask, tf.constant(state.sigmas),
+      state.score_model.score_index, repeated, repeated_mask, tf.constant(state.sigmas),
       n_steps_each=s.n_steps_each, step_lr=s.step_lr, seed=tf.constant([config.seed, 7])).numpy()
   completions = completions.reshape((shape[0], s.inpaint_completions) + shape[1:])
   masked = originals * mask + 0.5 * (1 - mask)  # Unknown pixels shown grey.

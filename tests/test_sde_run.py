@@ -293,3 +293,15 @@ def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path, mo
   assert np.isfinite(result['bits_per_dim']) and result['bits_per_dim'] > 0
   assert result['baselines']['uniform'] == 8.0
   assert 0 < result['baselines']['gaussian_full_covariance'] < 8
+
+
+def test_inpainting_asks_a_continuous_network_at_the_levels_sigma(tmp_path):
+  # --mode=inpaint runs annealed Langevin over level indices; a continuous
+  # network must get σ_i, not the index (σ = 0 at level 0 gave inf scores).
+  config = config_from_flagfile(
+      'shapes_sde', '--ngf=4', '--image_size=16', '--num_scales=3', '--n_steps_each=1',
+      '--num_inpaint_images=2', '--inpaint_completions=1', f'--workdir={tmp_path}/run')
+  state = train_lib.create_state(config, tf.distribute.get_strategy())
+  out_dir = modes.run_inpaint(config, state)
+  completions = np.load(os.path.join(out_dir, 'inpainting.npz'))['completions']
+  assert completions.shape == (2, 1, 16, 16, 3) and np.all(np.isfinite(completions))
