@@ -16,8 +16,11 @@ import json
 import os
 
 TOY_DATASETS = ('gmm', 'banana', 'rings', 'grid', 'gmm8')
-IMAGE_DATASETS = ('mnist', 'cifar10', 'celeba', 'folder', 'shapes')
-MODES = ('train', 'sample', 'eval', 'export', 'experiment', 'inpaint', 'stats', 'likelihood')
+IMAGE_DATASETS = ('mnist', 'cifar10', 'celeba', 'folder', 'shapes', 'digits')
+MODES = ('train', 'sample', 'eval', 'export', 'experiment', 'inpaint', 'colorize', 'stats',
+         'likelihood')
+#: Image datasets with one channel (ncsn_tf/data/images.py CHANNELS; a test keeps them equal).
+GREY_DATASETS = ('mnist', 'digits')
 #: --inception_kind values: the network whose features FID/IS/KID use (ncsn_tf/evaluation.py).
 INCEPTION_KINDS = ('fid_graph', 'keras', 'tiny_random')
 MODELS = ('mlp', 'refinenet', 'unet')
@@ -57,6 +60,13 @@ LIKELIHOOD_SOURCES = ('data', 'samples')
 HUTCHINSON_PROBES = ('rademacher', 'gaussian')
 #: Splits --likelihood_split may name (a dataset without one fails before any work).
 SPLITS = ('train', 'test', 'validation')
+#: --task values: train a score network, or a noise-conditional classifier p(y | x, σ).
+TASKS = ('score', 'classifier')
+#: --guidance values (ncsn_tf/sampling/guidance.py): none, classifier guidance, classifier-free.
+GUIDANCES = ('none', 'classifier', 'free')
+#: Classes of the labelled datasets, for validation without importing TensorFlow
+#: (ncsn_tf.data.NUM_CLASSES is the source; tests/test_guidance.py keeps them equal).
+LABELLED_DATASETS = {'mnist': 10, 'cifar10': 10, 'digits': 10, 'shapes': 3}
 #: --predictor and --corrector values of --sampler=pc (ncsn_tf/sampling/pc.py).
 PREDICTORS = ('reverse_diffusion', 'euler_maruyama', 'ancestral', 'none')
 CORRECTORS = ('langevin', 'ald', 'none')
@@ -101,7 +111,7 @@ class DataConfig:
   data_path: str | None = setting(None, 'Folder of JPEG/PNG images for --dataset=folder.',
                                   resume_safe=True)
   image_size: int = setting(32, 'Image height and width.')
-  random_flip: bool = setting(True, 'Random horizontal flips (CIFAR-10, CelebA).')
+  random_flip: bool = setting(True, 'Random horizontal flips (CIFAR-10, CelebA; not digits).')
   logit_transform: bool = setting(False, 'Train in logit space.')
 
   @property
@@ -152,6 +162,11 @@ class ModelConfig:
       resume_safe=True)
   beta_min: float = setting(0.1, '--sde=vp, subvp: β(0) (Song et al. 2021: 0.1).')
   beta_max: float = setting(20.0, '--sde=vp, subvp: β(1) (Song et al. 2021: 20).')
+  class_conditional: bool = setting(
+      False, 'A class-conditional score network s(x, σ, y) for classifier-free guidance '
+      '(Ho & Salimans 2022): a label embedding (one row per class of the dataset, plus '
+      '"no label") added to the noise embedding; trained with --label_dropout. Needs '
+      '--noise_embedding=fourier and a labelled --dataset; --task=classifier ignores it.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +222,13 @@ class TrainConfig:
   max_chunk_steps: int = setting(
       100, 'Most steps per tf.function call; bounds how long SIGTERM waits for a save.',
       resume_safe=True)
+  task: str = setting(
+      'score', 'What --mode=train trains: score (the score network) or classifier (a '
+      'noise-conditional classifier p(y | x, σ) on perturbed data for --guidance=classifier, '
+      'in its own --workdir; needs a labelled --dataset).', choices=TASKS)
+  label_dropout: float = setting(
+      0.1, '--class_conditional: the share of training labels replaced by "no label", so one '
+      'network learns s(x, σ, y) and s(x, σ) (Ho & Salimans 2022: 0.1-0.2).')
   likelihood_weighting: bool = setting(
       False, '--loss=continuous_dsm: weight the loss by g(t)² (Song et al. 2021, maximum '
       'likelihood training) instead of σ².')
@@ -249,8 +271,24 @@ class SamplingConfig:
   inpaint_mask: str = setting(
       'right', 'right, left, top, bottom, center, random, or a mask image (white = known).',
       resume_safe=True)
-  num_inpaint_images: int = setting(8, 'Test images to inpaint.', resume_safe=True)
-  inpaint_completions: int = setting(4, 'Completions per image.', resume_safe=True)
+  guidance: str = setting(
+      'none', 'Class-conditional sampling (docs/controllable.md): none, classifier (classifier '
+      'guidance, s + w ∇ log p(y | x, σ) with the classifier of --classifier_workdir) or free '
+      '(classifier-free, (1 + w) s(x, y) − w s(x); needs --class_conditional).',
+      choices=GUIDANCES, resume_safe=True)
+  guidance_scale: float = setting(
+      1.0, '--guidance: w >= 0 (classifier: w = 1 is Bayes\' rule; free: w = 0 is the '
+      'conditional score).', resume_safe=True)
+  class_label: int = setting(
+      -1, '--guidance: the class to sample, in [0, classes), or -1 for a grid with one row '
+      'per class.', resume_safe=True)
+  classifier_workdir: str = setting(
+      '', '--guidance=classifier: the workdir of a --task=classifier run (restored with its '
+      'own config.json).', resume_safe=True)
+  num_inpaint_images: int = setting(8, 'Test images to inpaint or colourise (--mode=colorize).',
+                                    resume_safe=True)
+  inpaint_completions: int = setting(4, 'Completions per image (inpainting and colourisation).',
+                                     resume_safe=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,7 +348,7 @@ class Config:
                          derived=os.path.join('runs', '{name}'))
   mode: str = setting(
       'train', 'train (then sample, evaluate, export), sample, eval, export, experiment (toy lab), '
-      'inpaint (images) or stats (FID reference statistics of a dataset split).',
+      'inpaint (images), colorize (RGB images) or stats (FID reference statistics of a dataset split).',
       choices=MODES, enum=True, resume_safe=True)
   seed: int = setting(0, 'Global seed: data, noise levels, Langevin noise.')
   experiment: str = setting('all', 'With --mode=experiment: the score-matching lab figure/table to make.',
@@ -441,6 +479,13 @@ def validate(config: Config) -> Config:
   _require(config.seed >= 0, 'seed', f'must be >= 0, got {config.seed}')
   if config.mode == 'inpaint':
     _require(not config.data.is_toy, 'mode', 'inpaint needs an image --dataset')
+  if config.mode == 'colorize':
+    _require(not config.data.is_toy and config.data.dataset not in GREY_DATASETS, 'mode',
+             f'colorize needs an RGB image --dataset; {config.data.dataset} has '
+             f'{"2-D points" if config.data.is_toy else "one channel"}')
+    _require(not config.data.logit_transform, 'logit_transform',
+             'colorize knows the grey axis of pixel values, which is not linear in logits: '
+             'pass --logit_transform=false')
   if config.mode == 'experiment':
     _require(config.data.is_toy, 'mode', 'experiment needs a toy --dataset (exact scores)')
   if config.train.loss == 'esm':
@@ -450,6 +495,7 @@ def validate(config: Config) -> Config:
   _validate_train(config.train)
   _validate_sampling(config.sampling)
   _validate_continuous(config)
+  _validate_labels(config)
   _validate_eval(config)
   _require(bool(config.export.export_dir), 'export_dir', 'must not be empty')
   _require_writable_dir(config.workdir, 'workdir')
@@ -502,7 +548,10 @@ def _validate_data(data: DataConfig):
     _require(os.path.isdir(data.data_path), 'data_path', f'{data.data_path!r} is not a directory')
     _require(os.access(data.data_path, os.R_OK | os.X_OK), 'data_path',
              f'{data.data_path!r} is not readable; fix its permissions')
-  if not data.is_toy:
+  if data.dataset == 'digits':  # Upscaled by an integer factor from 8x8 (data/digits.py).
+    _require(data.image_size >= 8 and data.image_size % 8 == 0, 'image_size',
+             f'--dataset=digits needs a multiple of 8 (native 8x8), got {data.image_size}')
+  elif not data.is_toy:
     _require(data.image_size >= 16 and data.image_size % 4 == 0, 'image_size',
              f'must be a multiple of 4 and >= 16, got {data.image_size}')
 
@@ -636,6 +685,57 @@ def _validate_continuous(config: Config):
   _require(0 < s.sampling_eps < 1, 'sampling_eps', f'must be in (0, 1), got {s.sampling_eps}')
 
 
+def _validate_labels(config: Config):
+  """--task, --class_conditional and --guidance: labels exist and the pieces fit."""
+  m, t, s = config.model, config.train, config.sampling
+  classes = LABELLED_DATASETS.get(config.data.dataset, 0)
+  unlabelled = f'--dataset={config.data.dataset} has no class labels (labelled: ' \
+               f'{", ".join(LABELLED_DATASETS)})'
+  _require(0 <= t.label_dropout < 1, 'label_dropout', f'must be in [0, 1), got {t.label_dropout}')
+  if t.task == 'classifier':
+    _require(classes > 0, 'task', f'classifier needs labels: {unlabelled}')
+    _require(config.mode == 'train', 'mode',
+             f'--task=classifier trains the classifier (--mode=train); sample with '
+             f'--guidance=classifier --classifier_workdir={config.workdir} on the score '
+             f'model\'s run instead of --mode={config.mode}')
+  elif m.class_conditional:
+    _require(classes > 0, 'class_conditional', unlabelled)
+    _require(m.noise_embedding == 'fourier', 'class_conditional',
+             'needs a continuous-σ network (--noise_embedding=fourier, --model=mlp or unet)')
+  _require(s.guidance_scale >= 0, 'guidance_scale', f'must be >= 0, got {s.guidance_scale}')
+  if s.guidance == 'none' or t.task == 'classifier':
+    return
+  _require(classes > 0, 'guidance', unlabelled)
+  _require(-1 <= s.class_label < classes, 'class_label',
+           f'must be -1 (one row per class) or in [0, {classes}), got {s.class_label}')
+  if s.guidance == 'free':
+    _require(m.class_conditional, 'guidance',
+             'free (classifier-free) needs a class-conditional network: train with '
+             '--class_conditional, or use --guidance=classifier')
+    return
+  wd = s.classifier_workdir
+  _require(bool(wd), 'classifier_workdir', 'is required with --guidance=classifier: the '
+           'workdir of a --task=classifier run')
+  _require(os.path.isfile(os.path.join(wd, 'config.json')), 'classifier_workdir',
+           f'{wd!r} holds no config.json: train the classifier first (--task=classifier '
+           f'--workdir={wd})')
+  _require(os.path.isfile(os.path.join(wd, 'checkpoints', 'checkpoint')), 'classifier_workdir',
+           f'{wd!r} holds no checkpoint: train the classifier first (--task=classifier '
+           f'--workdir={wd})')
+  with open(os.path.join(wd, 'config.json')) as f:
+    saved = json.load(f)
+  _require(saved.get('train', {}).get('task') == 'classifier', 'classifier_workdir',
+           f'{wd!r} is not a --task=classifier run')
+  ours = {k: getattr(config.data, k) for k in _CLASSIFIER_DATA_FIELDS}
+  theirs = {k: saved.get('data', {}).get(k) for k in ours}
+  _require(ours == theirs, 'classifier_workdir',
+           f'{wd!r} classified other data ({theirs}; this run: {ours})')
+
+
+#: Data settings a guidance classifier must share with the score model (what x is).
+_CLASSIFIER_DATA_FIELDS = ('dataset', 'image_size', 'logit_transform')
+
+
 def _validate_likelihood(config: Config):
   ev = config.eval
   _require(ev.hutchinson_probes >= 1, 'hutchinson_probes',
@@ -656,7 +756,7 @@ def _validate_likelihood(config: Config):
     _require(not ev.exact_trace, 'exact_trace',
              f'is for the toys (one backward pass per dimension; images have up to {dims}): '
              'use --hutchinson_probes')
-    known = ('train', 'test') if config.data.dataset in ('shapes', 'folder') else SPLITS
+    known = ('train', 'test') if config.data.dataset in ('shapes', 'folder', 'digits') else SPLITS
     _require(ev.likelihood_split in known, 'likelihood_split',
              f'--dataset={config.data.dataset} has the splits {", ".join(known)}, '
              f'got {ev.likelihood_split!r}')

@@ -42,6 +42,7 @@ from ncsn_tf.metrics import image as image_metrics
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.progress import Progress
 from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import distributed
 
 #: Splits of the Inception Score, as in every published number.
 IS_SPLITS = 10
@@ -227,26 +228,40 @@ class ImageEvaluator:
 
   Built once per sweep: the sampler and the held-out loss are traced once and
   re-run after each checkpoint is restored into the same variables.
+
+  strategy, cross_worker: where the samples are drawn (sampling/distributed.py):
+  every score evaluation split over the strategy's local replicas, and with
+  cross_worker the batches over the workers of a multi-worker strategy
+  (every worker then iterates `_sample_batches`). Batch k's seeds do not
+  depend on the devices, so neither do the samples.
   """
 
   def __init__(self, config: config_lib.Config, model, sigmas, heldout, extractor=None,
-               reference: Reference | None = None):
+               reference: Reference | None = None, *, strategy=None, cross_worker: bool = False):
     self.config, self.model, self.heldout = config, model, heldout
     self.sigmas = np.asarray(sigmas, np.float32)
     self.extractor, self.reference = extractor, reference
+    self.strategy, self.cross_worker = strategy, cross_worker
     # One sampler over one score model for every batch and checkpoint: one
     # trace of the sampler (checkpoints are restored into the same variables).
     self._sampler = configured.ConfiguredSampler(
-        config, configured.as_score_model(model, self.sigmas), data_lib.data_shape(config.data))
+        config, distributed.shard(configured.as_score_model(model, self.sigmas), strategy),
+        data_lib.data_shape(config.data))
 
   def _sample_batches(self, num: int):
     ev = self.config.eval
-    for k, start in enumerate(range(0, num, ev.batch_size)):
+    sizes = [min(ev.batch_size, num - start) for start in range(0, num, ev.batch_size)]
+
+    def draw(k):
       # Full batches only (same shapes, no re-trace); the last one is cut.
       x_init = self._sampler.initial_state(ev.batch_size,
                                            tf.constant([self.config.seed + _INIT_SEED, k]))
       x, _, _ = self._sampler.run(x_init, tf.constant([self.config.seed + _NOISE_SEED, k]))
-      yield x.numpy()[:num - start]
+      return {'samples': x.numpy()[:sizes[k]]}
+
+    for _, batch in distributed.batches_in_order(self.strategy, sizes, draw,
+                                                 cross_worker=self.cross_worker):
+      yield batch['samples']
 
   def sample_metrics(self) -> tuple[dict, np.ndarray]:
     """IS, FID and KID of --eval_samples samples; returns (metrics, first samples for a grid)."""
@@ -379,13 +394,23 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
 
   Returns the metrics of the latest evaluated step, with 'checkpoints':
   {str(step): metrics} for every step in metrics.json (earlier entries kept).
+
+  Samples are drawn on the run's devices (sampling/distributed.py). Without
+  `state` (--mode=eval) the weights live in the run's strategy and, under
+  multi_worker, every worker draws its share of the image samples while the
+  chief alone measures and writes (the others return {}); with `state`
+  (after training: the chief alone) on this machine's replicas.
   """
-  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
+  strategy = distributed.sampling_strategy(config)
+  cross_worker = state is None
   if state is None:
-    state = train_lib.create_state(config, tf.distribute.get_strategy())
+    state = train_lib.create_state(config, strategy)
     targets = select_checkpoints(config)
   else:
     targets = {int(state.step.numpy()): None}
+  if not train_lib.is_chief(strategy):
+    return _draw_worker_share(config, state, targets, strategy)
+  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
   # Without an EMA (--ema_rate=0) the EMA copy keeps the initial weights.
   model = state.ema_model if config.train.ema_rate > 0 else state.model
   heldout = train_lib.make_heldout_eval(
@@ -396,7 +421,8 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
   score_model = ScoreModel(model, state.sigmas, continuous=state.continuous)
   if config.data.is_toy:
     def evaluate(step):
-      metrics = toy_eval.evaluate_toy(config, score_model, state.sigmas, step=step, writer=writer)
+      metrics = toy_eval.evaluate_toy(config, score_model, state.sigmas, step=step, writer=writer,
+                                      strategy=strategy)
       mean, per_sigma = heldout()
       metrics.update(heldout_loss=float(mean),
                      heldout_loss_per_sigma=metrics_file.json_floats(per_sigma))
@@ -409,7 +435,8 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
     if _sample_metrics_enabled(config):
       extractor = build_extractor(config.eval)
       reference = reference_for(config, extractor)
-    evaluator = ImageEvaluator(config, score_model, state.sigmas, heldout, extractor, reference)
+    evaluator = ImageEvaluator(config, score_model, state.sigmas, heldout, extractor, reference,
+                               strategy=strategy, cross_worker=cross_worker)
     evaluate = lambda step: evaluator(step, writer)  # noqa: E731
   results = {}
   for step, path in targets.items():
@@ -417,6 +444,22 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
       step = train_lib.restore_step(state, path)
     results[step] = evaluate(step)
   return write_metrics(config, results)
+
+
+def _draw_worker_share(config: config_lib.Config, state, targets: dict, strategy) -> dict:
+  """A non-chief worker of --mode=eval: its share of every checkpoint's image samples, for
+  the chief's metrics (the same collective calls as the chief's sweep); writes nothing."""
+  if _sample_metrics_enabled(config):
+    model = state.ema_model if config.train.ema_rate > 0 else state.model
+    score_model = ScoreModel(model, state.sigmas, continuous=state.continuous)
+    evaluator = ImageEvaluator(config, score_model, state.sigmas, None, strategy=strategy,
+                               cross_worker=True)
+    for path in targets.values():
+      if path is not None:
+        train_lib.restore_step(state, path)
+      for _ in evaluator._sample_batches(config.eval.num_samples):
+        pass
+  return {}
 
 
 def write_metrics(config: config_lib.Config, results: dict) -> dict:

@@ -26,6 +26,7 @@ from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import distributed
 
 #: (label, sampling-config overrides): the comparison of the SDE paper's samplers
 #: with the paper's annealed Langevin, at the step counts and tolerances of the
@@ -58,7 +59,11 @@ def exact_network(dist: toy.ToyDistribution):
 
 
 def _timed_draw(config: config_lib.Config, model: ScoreModel, dim: int, seed) -> tuple:
-  """(samples [N, dim], nfe, seconds) of the configured sampler, tracing excluded."""
+  """(samples [N, dim], nfe, seconds) of the configured sampler, tracing excluded.
+
+  The score is evaluated on the run's devices (sampling/distributed.py).
+  """
+  model = distributed.shard(model, distributed.sampling_strategy(config))
   sampler = configured.ConfiguredSampler(config, model, (dim,))
   sampler.sample(WARMUP_SAMPLES, tf.constant(seed, tf.int32))  # Traces the chain.
   start = time.perf_counter()

@@ -10,12 +10,19 @@
   drawn with the config's --sampler (annealed Langevin by default) and its
   settings (stateless: same seed, same samples)
 * `inpaint` (image models): images float32 [N, *data_shape], mask float32 [N, *data_shape]
-  (1 = known), seed int32 [] -> inpainted float32 [N, *data_shape]
+  (1 = known), seed int32 [] -> inpainted float32 [N, *data_shape], with the config's --sampler
+* `colorize` (RGB image models without --logit_transform): images float32 [N, H, W, C] in
+  [0, 1], C = 1 (grey) or 3 (RGB: its grey axis is used), seed int32 [] ->
+  colorized float32 [N, H, W, 3], with the config's --sampler
 * `log_likelihood` (continuous-σ models): x float32 [N, *data_shape] in the data's range
   (images: dequantised, in [0, 1), or their logits with --logit_transform), seed int32 [] ->
   log_prob float32 [N] (nats), bits_per_dim float32 [N] (images: 8-bit pixel units,
   docs/likelihood.md; toys: −log_prob/(D log 2)), nfe int32 [], the probability-flow
   ODE at the run's --ode_rtol/--ode_atol and Hutchinson settings
+* `sample_class` (a class-conditional network, or a classifier with --guidance=classifier):
+  labels int32 [N] in [0, classes), guidance_scale float32 [] >= 0, seed int32 [] ->
+  samples float32 [N, *data_shape], guided by the classifier (classifier guidance) or
+  else classifier-free (ncsn_tf/sampling/guidance.py), with the config's --sampler
 * `serving_default` = `score`
 
 and the variables `sigmas` (the ladder), the string `config_json` and the
@@ -47,8 +54,8 @@ from absl import logging
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import data as data_lib
+from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import configured
-from ncsn_tf.sampling import inpainting
 
 _TMP_PREFIX = '.tmp-'
 
@@ -61,9 +68,12 @@ class ScoreModule(tf.Module):
 
   score_model: a ScoreModel (TrainState.score_model) or a ladder network
   s(x, sigma_index), which is wrapped with `sigmas`.
+  classifier: None, or a guidance.Classifier: `sample_class` then uses
+  classifier guidance, and its variables are saved with the score model's.
   """
 
-  def __init__(self, score_model, config: config_lib.Config, sigmas: np.ndarray):
+  def __init__(self, score_model, config: config_lib.Config, sigmas: np.ndarray,
+               classifier=None):
     super().__init__(name='ncsn')
     # Not tracked: a tracked Keras 3 model adds its own single-input serving
     # function, which this model cannot trace, and its variables would be saved
@@ -92,7 +102,53 @@ class ScoreModule(tf.Module):
           tf.TensorSpec([None, *self._shape], tf.float32, name='images'),
           tf.TensorSpec([None, *self._shape], tf.float32, name='mask'),
           tf.TensorSpec([], tf.int32, name='seed')])
+    if (not config.data.is_toy and self._shape[-1] == conditions.ColourTransform.channels
+        and not config.data.logit_transform):
+      # One spec for grey and RGB inputs: the channel axis is left open and checked when run.
+      self.colorize = tf.function(self._colorize, input_signature=[
+          tf.TensorSpec([None, *self._shape[:-1], None], tf.float32, name='images'),
+          tf.TensorSpec([], tf.int32, name='seed')])
+    self._add_sample_class(score_model, classifier)
     self.model_variables = _track_captured_variables(self.signatures().values())
+
+  def _add_sample_class(self, score_model, classifier):
+    """`sample_class` when there is a way to guide: a classifier, or labels the network takes."""
+    kind = 'classifier' if classifier is not None else (
+        'free' if score_model.num_classes else None)
+    if kind is None:
+      return
+    # Not tracked (as score_model): its variables are collected from the trace.
+    self.__dict__['_guidance'] = (kind, classifier)
+    self._num_classes = int(classifier.num_classes if classifier is not None
+                            else score_model.num_classes)
+    self.sample_class = tf.function(self._sample_class, input_signature=[
+        tf.TensorSpec([None], tf.int32, name='labels'),
+        tf.TensorSpec([], tf.float32, name='guidance_scale'),
+        tf.TensorSpec([], tf.int32, name='seed')])
+
+  def _sample_class(self, labels, guidance_scale, seed):
+    from ncsn_tf.sampling import guidance
+    cfg = self._config
+    labels = tf.ensure_shape(labels, [None], name='check_labels_shape')
+    checks = [
+        tf.debugging.assert_non_negative(labels, message='sample_class: labels must be >= 0'),
+        tf.debugging.assert_less(labels, self._num_classes,
+                                 message=f'sample_class: labels must be < {self._num_classes}'),
+        tf.debugging.assert_non_negative(guidance_scale,
+                                         message='sample_class: guidance_scale must be >= 0')]
+    with tf.control_dependencies(checks):
+      labels = tf.identity(labels)
+    kind, classifier = self._guidance
+    guided = guidance.guided_score_model(kind, self.score_model, labels, guidance_scale,
+                                         classifier=classifier)
+    sampler = configured.ConfiguredSampler(cfg, guided, self._shape)
+    num = tf.shape(labels)[0]
+    # The seeds of `sample`: starting points from [seed, 0], the chain from [seed, 1].
+    x_init = sampler.initial_state(num, tf.stack([seed, tf.constant(0)]))
+    samples, _, _ = sampler.run(x_init, tf.stack([seed, tf.constant(1)]))
+    if not cfg.data.is_toy and not cfg.data.logit_transform:
+      samples = tf.clip_by_value(samples, 0.0, 1.0)
+    return {'samples': samples}
 
   def signatures(self) -> dict:
     out = {'score': self.score, 'score_sigma': self.score_sigma, 'sample': self.sample,
@@ -101,6 +157,10 @@ class ScoreModule(tf.Module):
       out['log_likelihood'] = self.log_likelihood
     if hasattr(self, 'inpaint'):
       out['inpaint'] = self.inpaint
+    if hasattr(self, 'colorize'):
+      out['colorize'] = self.colorize
+    if hasattr(self, 'sample_class'):
+      out['sample_class'] = self.sample_class
     return out
 
   def _score(self, x, sigma_index):
@@ -156,20 +216,45 @@ class ScoreModule(tf.Module):
       samples = tf.clip_by_value(samples, 0.0, 1.0)
     return {'samples': samples}
 
+  def _in_data_range(self, images, name):
+    """images, checked (when run, before any sampling) to lie in [0, 1] unless the model
+    works in logits."""
+    if self._config.data.logit_transform:
+      return images
+    message = f'{name}: images must be in [0, 1]'
+    with tf.control_dependencies([tf.debugging.assert_greater_equal(images, 0.0, message=message),
+                                  tf.debugging.assert_less_equal(images, 1.0, message=message)]):
+      return tf.identity(images)
+
+  def _draw_under(self, condition, seed):
+    """Samples with the configured sampler under `condition`: starting points from
+    [seed, 2], the chain from [seed, 3]; clipped to [0, 1] unless in logits."""
+    num = tf.shape(condition.known)[0]
+    x_init = self._sampler.initial_state(num, tf.stack([seed, tf.constant(2)]))
+    samples, _, _ = self._sampler.run(x_init, tf.stack([seed, tf.constant(3)]), condition=condition)
+    if not self._config.data.logit_transform:
+      samples = tf.clip_by_value(samples, 0.0, 1.0)
+    return samples
+
   def _inpaint(self, images, mask, seed):
-    cfg = self._config
     images = tf.ensure_shape(images, [None, *self._shape], name='check_images_shape')
     mask = tf.ensure_shape(mask, [None, *self._shape], name='check_mask_shape')
-    with tf.control_dependencies([tf.debugging.assert_equal(
-        tf.shape(images), tf.shape(mask), message='inpaint: images and mask need the same shape')]):
-      images = tf.identity(images)
-    inpainted = inpainting.annealed_langevin_inpainting(
-        self.score_model.score_index, images, mask, self.sigmas,
-        n_steps_each=cfg.sampling.n_steps_each, step_lr=cfg.sampling.step_lr,
-        seed=tf.stack([seed, tf.constant(2)]))
-    if not cfg.data.logit_transform:
-      inpainted = tf.clip_by_value(inpainted, 0.0, 1.0)
-    return {'inpainted': inpainted}
+    with tf.control_dependencies([
+        tf.debugging.assert_equal(tf.shape(images), tf.shape(mask),
+                                  message='inpaint: images and mask need the same shape'),
+        tf.debugging.assert_equal(mask * (1.0 - mask), tf.zeros_like(mask),
+                                  message='inpaint: mask must be 0 (unknown) or 1 (known)')]):
+      images = self._in_data_range(images, 'inpaint')
+    return {'inpainted': self._draw_under(conditions.inpainting(images, mask), seed)}
+
+  def _colorize(self, images, seed):
+    images = tf.ensure_shape(images, [None, *self._shape[:-1], None], name='check_images_shape')
+    channels = tf.shape(images)[-1]
+    with tf.control_dependencies([tf.debugging.Assert(
+        tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
+        ['colorize: images need 1 (grey) or 3 (RGB) channels, got', channels])]):
+      images = self._in_data_range(images, 'colorize')
+    return {'colorized': self._draw_under(conditions.colorization(images), seed)}
 
 
 def _track_captured_variables(functions) -> list:
@@ -213,8 +298,11 @@ def remove_stale_temporaries(export_dir: str):
 
 
 def export(score_model, config: config_lib.Config, sigmas: np.ndarray,
-           version: int | None = None) -> str:
-  """Writes a new SavedModel version atomically; returns its directory."""
+           version: int | None = None, classifier=None) -> str:
+  """Writes a new SavedModel version atomically; returns its directory.
+
+  classifier: a guidance.Classifier for `sample_class` by classifier guidance.
+  """
   export_dir = config.export.export_dir
   os.makedirs(export_dir, exist_ok=True)
   remove_stale_temporaries(export_dir)
@@ -224,7 +312,7 @@ def export(score_model, config: config_lib.Config, sigmas: np.ndarray,
     raise FileExistsError(f'export version {final} already exists; choose another version')
   tmp = os.path.join(export_dir, f'{_TMP_PREFIX}{version}-{os.getpid()}')
   shutil.rmtree(tmp, ignore_errors=True)
-  module = ScoreModule(score_model, config, sigmas)
+  module = ScoreModule(score_model, config, sigmas, classifier=classifier)
   signatures = module.signatures()
   try:
     # No custom gradients: a server never differentiates the signatures, and

@@ -155,11 +155,13 @@ def image_likelihood(config: config_lib.Config, score_model) -> dict:
   else:
     pixels = _quantized(_split_images(config, ev.likelihood_split, ev.likelihood_examples))
   start = time.perf_counter()
-  repeats = []
+  repeats, first_inputs = [], None
   for r in range(ev.likelihood_repeats):
     # The training pipeline's dequantisation, x·255/256 + u/256 (images.dequantize).
     y = images_lib.dequantize(pixels / 255.0, tf.constant([config.seed + _DEQUANTIZE_SEED, r]))
     x_model = images_lib.logit_transform(y) if config.data.logit_transform else y
+    if first_inputs is None:
+      first_inputs = x_model.numpy()
     bpd, nfes = _score_batches(config, score_model, x_model.numpy(),
                                lambda lp, xb: image_bits_per_dim(config, lp, xb).numpy(),
                                f'likelihood {r + 1}/{ev.likelihood_repeats}')
@@ -172,7 +174,9 @@ def image_likelihood(config: config_lib.Config, score_model) -> dict:
       train, pixels, logit_alpha=images_lib.LOGIT_LAMBDA if config.data.logit_transform else None,
       seed=config.seed)
   g_mean, g_stderr = _mean_and_stderr(gaussian)
-  return {'source': ev.likelihood_source, 'split': ev.likelihood_split,
+  per_example = {'pixels': pixels.astype(np.uint8), 'inputs': first_inputs,
+                 'bits_per_dim': np.asarray(repeats, np.float32)}
+  return {'per_example': per_example, 'source': ev.likelihood_source, 'split': ev.likelihood_split,
           'num_examples': len(pixels), 'repeats': ev.likelihood_repeats,
           'bits_per_dim': mean, 'bits_per_dim_stderr': stderr, 'nfe_per_batch': nfes,
           'seconds_per_example': seconds / (len(pixels) * ev.likelihood_repeats),
@@ -197,6 +201,24 @@ def _summary_line(result: dict) -> str:
   return f'{line}; NFE {nfe:.0f} per batch, {1e3 * result["seconds_per_example"]:.1f} ms per example'
 
 
+def write_per_example(config: config_lib.Config, step: int, arrays: dict) -> str:
+  """<workdir>/likelihood/likelihood_<step>.npz: every image's bits/dim, to rank or re-check.
+
+  Arrays: pixels uint8 [N, H, W, C] (the scored images), inputs float32
+  [N, H, W, C] (repeat 0's dequantised model inputs: batch k of
+  --eval_batch_size, fed with seed --seed to the export's log_likelihood,
+  reproduces that batch's values, whose probes come from [--seed, k]) and
+  bits_per_dim float32 [repeats, N]. Returns the path.
+  """
+  out_dir = os.path.join(config.workdir, 'likelihood')
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f'likelihood_{step}.npz')
+  tmp = path + '.tmp.npz'
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
+  return path
+
+
 def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
   """Scores every checkpoint of --eval_checkpoints (or `state`); returns {step: result}."""
   from ncsn_tf import evaluation
@@ -213,6 +235,8 @@ def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
     if path is not None:
       step = train_lib.restore_step(state, path)
     result = score(config, state.score_model)
+    if 'per_example' in result:
+      result['per_example_file'] = write_per_example(config, step, result.pop('per_example'))
     with writer.as_default(step=step):
       key = 'nll_nats' if config.data.is_toy else 'bits_per_dim'
       tf.summary.scalar(f'eval/likelihood_{key}', result[key])

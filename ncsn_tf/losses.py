@@ -320,7 +320,8 @@ def continuous_noise_levels(x, sigmas, seed, *, sde=None, eps: float = 1e-5,
 
 
 def continuous_dsm_per_example(score_fn, x, sigmas, seed, *, sde=None, eps: float = 1e-5,
-                               weighting: str = 'sigma2'):
+                               weighting: str = 'sigma2', labels=None, label_dropout: float = 0.0,
+                               num_classes: int = 0):
   """Continuous-time DSM (Song et al. 2021, eq. 7), one term per example.
 
   Per example a noise level is drawn (`continuous_noise_levels`: log-uniform σ
@@ -355,6 +356,13 @@ def continuous_dsm_per_example(score_fn, x, sigmas, seed, *, sde=None, eps: floa
     eps: the smallest time for VP/sub-VP, in (0, T); unused for VE, whose
       σ(0) = σ_min > 0 already keeps the score finite.
     weighting: 'sigma2' or 'likelihood'.
+    labels: None, or int32 [N] in [0, num_classes): a class-conditional
+      network is trained as score_fn(x̃, σ, labels) (classifier-free
+      guidance, Ho & Salimans 2022), each label replaced by "no label" =
+      num_classes with probability `label_dropout` (`drop_labels`), so one
+      network learns both s(x, σ, y) and s(x, σ).
+    label_dropout: in [0, 1); with `labels` only.
+    num_classes: C, the "no label" index; with `labels` only.
 
   Returns:
     (loss [N] float32, level_index [N] int32): the nearest level of `sigmas`
@@ -367,12 +375,71 @@ def continuous_dsm_per_example(score_fn, x, sigmas, seed, *, sde=None, eps: floa
   used_sigmas = tf.reshape(sigma, tf.concat([[tf.shape(x)[0]], tf.ones([tf.rank(x) - 1], tf.int32)],
                                             0))                          # [N, 1, ...]
   perturbed_x = x + used_sigmas * z
-  score = tf.cast(score_fn(perturbed_x, sigma), tf.float32)
+  if labels is None:
+    score = tf.cast(score_fn(perturbed_x, sigma), tf.float32)
+  else:
+    kept = drop_labels(labels, seed, label_dropout, num_classes)
+    score = tf.cast(score_fn(perturbed_x, sigma, kept), tf.float32)
   # σ s + z is σ(s − target) without forming z/σ: at σ_min = 1e-5·scale the
   # target is huge and the difference of two large numbers loses digits.
   loss = 0.5 * weight * _per_example_sum(tf.square(used_sigmas * score + z))
   level_index, _ = nearest_level_index(sigma, sigmas)
   return loss, level_index
+
+
+def drop_labels(labels, seed, label_dropout: float, num_classes: int):
+  """labels int32 [N] with each replaced by ∅ = num_classes with probability label_dropout.
+
+  The draw comes from `seed` folded with a constant, so the loss's other
+  draws (times and noise, `continuous_noise_levels`) are those of the same
+  seed without labels.
+  """
+  labels = tf.cast(labels, tf.int32)
+  u = tf.random.stateless_uniform(tf.shape(labels), tf.random.experimental.stateless_fold_in(
+      tf.cast(seed, tf.int32), _LABEL_DROPOUT_STREAM))
+  return tf.where(u < label_dropout, tf.fill(tf.shape(labels), num_classes), labels)
+
+
+#: fold_in constant of the label-dropout draws (any value distinct from the splits).
+_LABEL_DROPOUT_STREAM = 7717
+
+
+def classifier_per_example(logits_fn, x, labels, sigmas, seed, *, sde=None, eps: float = 1e-5):
+  """Cross-entropy of a noise-conditional classifier on perturbed data, one term per example.
+
+  The noise is drawn as continuous DSM draws it (`continuous_noise_levels`:
+  log-uniform σ in [σ_min, σ_max] for VE or the ladder, t ~ U(eps, T) and
+  σ = σ(t) = std(t)/α(t) for VP/sub-VP), x̃ = x + σ z, and
+
+      loss = −log p_θ(y | x̃, σ) = −log softmax(logits_fn(x̃, σ))[y].
+
+  The classifier always sees the VE-equivalent x̃ = x_t/α and σ(t), the
+  convention of ScoreModel.score_t, so guidance at time t asks it at
+  (x_t/α(t), σ(t)) for every SDE (ncsn_tf/sampling/guidance.py).
+
+  Args:
+    logits_fn: (x̃ float32 [N, ...], sigma float32 [N] > 0) -> logits [N, C].
+    x: clean data float32 [N, ...].
+    labels: int32 [N] in [0, C).
+    sigmas: float32 [L], the ladder (index 0 largest): the level buckets, and
+      the VE range when `sde` is None.
+    seed: int32 [2] stateless seed.
+    sde, eps: as `continuous_dsm_per_example`.
+
+  Returns:
+    (loss [N] float32, level_index [N] int32 (the nearest ladder level of each
+    σ, for per-level statistics), correct [N] float32: 1 where the arg-max
+    class is the label).
+  """
+  x = tf.cast(x, tf.float32)
+  labels = tf.cast(labels, tf.int32)
+  _, sigma, z, _ = continuous_noise_levels(x, sigmas, seed, sde=sde, eps=eps)
+  perturbed_x = x + noise.expand_to(sigma, x) * z
+  logits = tf.cast(logits_fn(perturbed_x, sigma), tf.float32)
+  loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+  correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+  level_index, _ = nearest_level_index(sigma, sigmas)
+  return loss, level_index, correct
 
 
 #: Per-example losses selectable with --loss: name -> fn(score_fn, x, sigmas,
@@ -397,7 +464,7 @@ _LOSS_OPTIONS = {
     'ssm_vr': ('num_projections', 'projection'),
     'anneal_dsm': ('level_logits',),
     'anneal_ssm': ('num_projections', 'projection', 'level_logits'),
-    'continuous_dsm': ('sde', 'eps', 'weighting'),
+    'continuous_dsm': ('sde', 'eps', 'weighting', 'label_dropout', 'num_classes'),
 }
 
 
@@ -405,9 +472,10 @@ def get_loss(name: str, **options):
   """The per-example loss registered under `name` (see LOSSES), options bound.
 
   options: exact_score_fn (required by 'esm'), num_projections and projection
-  (the sliced losses), level_logits (the annealed losses), sde, eps and
-  weighting ('continuous_dsm', whose score_fn takes σ float32 [N] in place of
-  the level index; sde None is the ladder's VE SDE); options a loss does
+  (the sliced losses), level_logits (the annealed losses), sde, eps,
+  weighting, label_dropout and num_classes ('continuous_dsm', whose score_fn
+  takes σ float32 [N] in place of the level index; sde None is the ladder's
+  VE SDE; the labels themselves come with each call); options a loss does
   not use are ignored, so a caller can pass the whole set. A None option keeps the loss's default.
   """
   try:

@@ -22,6 +22,7 @@ from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import distributed
 from ncsn_tf.sampling import langevin
 
 _NUM_EVAL_POINTS = 4096
@@ -80,21 +81,26 @@ def _score_field_figures(dist, score_model, sigmas):
   return figures
 
 
-def configured_samples(config: config_lib.Config, model: ScoreModel, dist) -> tuple:
-  """--num_samples samples [N, 2] of the configured --sampler and its NFE per sample."""
-  sampler = configured.ConfiguredSampler(config, model, (dist.dim,))
+def configured_samples(config: config_lib.Config, model: ScoreModel, dist, strategy=None) -> tuple:
+  """--num_samples samples [N, 2] of the configured --sampler and its NFE per sample.
+
+  strategy: split every score evaluation over its local replicas (sampling/distributed.py).
+  """
+  sampler = configured.ConfiguredSampler(config, distributed.shard(model, strategy), (dist.dim,))
   samples, _, nfe = sampler.sample(config.sampling.num_samples, tf.constant([config.seed, 19]))
   return samples.numpy(), int(nfe)
 
 
 def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 0,
-                 writer=None) -> dict:
+                 writer=None, strategy=None) -> dict:
   """Runs every toy metric and figure for a trained score model; returns metrics.
 
   score_model: a ScoreModel, or a ladder network s(x, sigma_index). The
   figures ask it at ladder levels; with an SDE sampler (--sampler other than
   ald) its samples join the comparison as '<sampler>_learned', with the
-  sampler's NFE in metrics['sampler'].
+  sampler's NFE in metrics['sampler']. strategy: the four Langevin chains and
+  the configured sampler evaluate the score split over its local replicas
+  (sampling/distributed.py); the figures and score errors ask it on one device.
   """
   dist = toy.get_toy(config.data.dataset)
   sigmas = np.asarray(sigmas, np.float32)
@@ -105,10 +111,11 @@ def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 
   metrics = {'step': step, 'dataset': dist.name, 'num_samples': config.sampling.num_samples,
              'sigmas': sigmas.tolist()}
 
-  samples = {k: v.numpy() for k, v in run_samplers(config, dist, score_model, sigmas).items()}
+  chains_score = distributed.shard(model, strategy).score_index
+  samples = {k: v.numpy() for k, v in run_samplers(config, dist, chains_score, sigmas).items()}
   if config.sampling.sampler != 'ald':
     name = config.sampling.sampler
-    samples[f'{name}_learned'], nfe = configured_samples(config, model, dist)
+    samples[f'{name}_learned'], nfe = configured_samples(config, model, dist, strategy)
     metrics['sampler'] = {'name': name, 'settings': configured.describe(config.sampling),
                           'nfe': nfe}
   figures = _score_field_figures(dist, score_model, sigmas)

@@ -9,6 +9,9 @@
   CheckpointManager in <workdir>/checkpoints: running the same command again
   resumes where it stopped; the data stream restarts at the saved step.
 * TensorBoard scalars in <workdir>/tensorboard, written by the chief only.
+* `--task=classifier` trains the noise-conditional classifier of classifier
+  guidance through the same loop (`objective_for`), on labelled batches, and
+  logs its held-out accuracy per σ.
 """
 
 import contextlib
@@ -204,16 +207,27 @@ def ladder(config: config_lib.Config) -> np.ndarray:
   return sigmas_lib.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
 
 
+def build_network(config: config_lib.Config, shape: tuple) -> keras.Model:
+  """What --task trains: the score network, or the noise-conditional classifier."""
+  if config.train.task == 'classifier':
+    return models.build_classifier(config, shape, models.label_count(config))
+  return models.build_model(config, shape)
+
+
 def create_state(config: config_lib.Config, strategy: tf.distribute.Strategy) -> TrainState:
+  """The networks (--task's: score network or classifier), their EMA copy, Adam and the step."""
   shape = data_lib.data_shape(config.data)
-  policy = precision.resolve(config.train.precision, config.model.name)
+  # --precision=auto keeps a classifier in float32 (precision.resolve: only the
+  # image score networks gain from bfloat16); its gradient steers guidance.
+  name = 'classifier' if config.train.task == 'classifier' else config.model.name
+  policy = precision.resolve(config.train.precision, name)
   log_devices(strategy, policy, config.train.precision)
   # Same seed, same initial weights: a run is reproducible from its config.
   keras.utils.set_random_seed(config.seed)
   with strategy.scope(), precision.policy_scope(policy):
-    model = models.build_model(config, shape)
+    model = build_network(config, shape)
     if config.train.ema_rate > 0:
-      ema_model = models.build_model(config, shape)
+      ema_model = build_network(config, shape)
       ema_model.set_weights(model.get_weights())
     else:  # No EMA (NCSN v1): sampling, evaluation and export use the model itself.
       ema_model = model
@@ -305,7 +319,48 @@ def loss_for(config: config_lib.Config, *, uniform_levels: bool = False):
       t.loss, num_projections=t.num_projections, projection=t.projection,
       level_logits=level_logits, sde=sde,
       weighting='likelihood' if t.likelihood_weighting else 'sigma2',
+      label_dropout=t.label_dropout if config.model.class_conditional else None,
+      num_classes=models.label_count(config) if config.model.class_conditional else None,
       exact_score_fn=data_lib.toy.get_toy(config.data.dataset).score if config.data.is_toy else None)
+
+
+def needs_labels(config: config_lib.Config) -> bool:
+  """Whether training reads labels: a classifier, or a class-conditional score network."""
+  return config.train.task == 'classifier' or config.model.class_conditional
+
+
+def objective_for(config: config_lib.Config, network, *, training: bool,
+                  uniform_levels: bool = False):
+  """fn(batch, sigmas, seed) -> (loss [N], level_index int32 [N], correct float32 [N] or None).
+
+  batch: the data [N, ...], or (data, labels int32 [N]) when `needs_labels`.
+  --task=score: `loss_for`'s loss of `network` (with the labels for a
+  class-conditional network, which the loss drops at --label_dropout);
+  --task=classifier: the classifier's cross-entropy on perturbed data
+  (losses.classifier_per_example, noise drawn as --sde's continuous DSM draws
+  it; the ladder's VE range without an SDE) and whether it was right.
+  """
+  if config.train.task == 'classifier':
+    from ncsn_tf.sampling import configured
+    sde = configured.build_sde(config.model)
+
+    def classify(batch, sigmas, seed):
+      x, labels = batch
+      return losses.classifier_per_example(lambda xx, ss: network(xx, ss, training=training),
+                                           x, labels, sigmas, seed, sde=sde)
+    return classify
+  loss_fn = loss_for(config, uniform_levels=uniform_levels)
+  if config.model.class_conditional:
+    def conditional(batch, sigmas, seed):
+      x, labels = batch
+      loss, level = loss_fn(lambda xx, ss, yy: network(xx, ss, labels=yy, training=training),
+                            x, sigmas, seed, labels=labels)
+      return loss, level, None
+    return conditional
+
+  def score(x, sigmas, seed):
+    return (*loss_fn(lambda xx, ii: network(xx, ii, training=training), x, sigmas, seed), None)
+  return score
 
 
 def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy,
@@ -320,14 +375,14 @@ def make_train_chunk(config: config_lib.Config, strategy: tf.distribute.Strategy
   global_batch = config.train.batch_size
   ema_rate = config.train.ema_rate
   model, ema_model, optimizer, step = state.model, state.ema_model, state.optimizer, state.step
-  loss_fn = loss_for(config)
+  objective = objective_for(config, model, training=True)
 
   scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   skip_nonfinite = config.train.skip_nonfinite
 
   def loss_and_grads(x, seed):
     with tf.GradientTape() as tape:
-      loss_vec, sigma_index = loss_fn(lambda xx, ii: model(xx, ii, training=True), x, sigmas, seed)
+      loss_vec, sigma_index, _ = objective(x, sigmas, seed)
       loss = tf.reduce_sum(loss_vec) / global_batch
       if scaled:  # float16: scale up so small gradients survive; apply unscales.
         loss = optimizer.scale_loss(loss)
@@ -441,6 +496,9 @@ def make_heldout_eval(config: config_lib.Config, state: TrainState):
   """A function () -> (mean loss, per-σ mean [L]) of the EMA model on held-out data.
 
   A level that no held-out example landed on is NaN in the per-σ mean.
+  --task=classifier returns two more: the accuracy per σ level [L] (the
+  share of its held-out examples classified right; NaN where empty) and the
+  examples per level [L].
   The same `heldout_batches` batches and the same noise every call, so the
   curve over snapshots shows the model, not sampling noise. None when
   `heldout_batches` is 0.
@@ -449,39 +507,79 @@ def make_heldout_eval(config: config_lib.Config, state: TrainState):
     return None
   num_scales = len(state.sigmas)
   sigmas = tf.constant(state.sigmas)
-  make_dataset = data_lib.dataset_fn(config, split='test', shuffle=False, seed_offset=0)
+  make_dataset = data_lib.dataset_fn(config, split='test', shuffle=False, seed_offset=0,
+                                     with_labels=needs_labels(config))
   batches = list(make_dataset(None).take(config.train.heldout_batches))
-  loss_fn = loss_for(config, uniform_levels=True)
-  ema_model = state.ema_model
+  objective = objective_for(config, state.ema_model, training=False, uniform_levels=True)
+  classifier = config.train.task == 'classifier'
 
   @tf.function
   def batch_terms(x, k):
-    loss_vec, sigma_index = loss_fn(lambda xx, ii: ema_model(xx, ii), x, sigmas,
-                                    tf.stack([tf.constant(config.seed + 1, tf.int32), k]))
+    loss_vec, sigma_index, correct = objective(
+        x, sigmas, tf.stack([tf.constant(config.seed + 1, tf.int32), k]))
+    if correct is None:
+      correct = tf.zeros_like(loss_vec)
     return (tf.math.unsorted_segment_sum(loss_vec, sigma_index, num_scales),
-            tf.math.unsorted_segment_sum(tf.ones_like(loss_vec), sigma_index, num_scales))
+            tf.math.unsorted_segment_sum(tf.ones_like(loss_vec), sigma_index, num_scales),
+            tf.math.unsorted_segment_sum(correct, sigma_index, num_scales))
 
   def evaluate():
-    sums, counts = np.zeros(num_scales), np.zeros(num_scales)
+    sums, counts, rights = np.zeros(num_scales), np.zeros(num_scales), np.zeros(num_scales)
     for k, x in enumerate(batches):
-      s, c = batch_terms(x, tf.constant(k))
+      s, c, r = batch_terms(x, tf.constant(k))
       sums += s.numpy()
       counts += c.numpy()
+      rights += r.numpy()
     # A level that no held-out example landed on has no estimate: NaN, not 0
     # (with L = 100 levels and 64 held-out examples most levels are empty).
     per_sigma = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
-    return sums.sum() / max(counts.sum(), 1.0), per_sigma
+    mean = sums.sum() / max(counts.sum(), 1.0)
+    if classifier:
+      return mean, per_sigma, np.where(counts > 0, rights / np.maximum(counts, 1.0), np.nan), counts
+    return mean, per_sigma
 
   return evaluate
 
 
 def _write_heldout(writer, step, heldout, sigmas):
-  mean, per_sigma = heldout
+  mean, per_sigma = heldout[:2]
   with writer.as_default(step=step):
     tf.summary.scalar('eval/heldout_loss', mean)
     for i, value in enumerate(per_sigma):
       if np.isfinite(value):  # Levels without held-out examples have no value.
         tf.summary.scalar(f'eval/heldout_loss_per_sigma/level_{i:02d}_sigma_{sigmas[i]:.3g}', value)
+  if len(heldout) > 2:  # --task=classifier: accuracy per σ.
+    _write_accuracy(writer, step, heldout[2], heldout[3], sigmas)
+
+
+#: σ buckets of the classifier's held-out accuracy in the log (TensorBoard has every level).
+ACCURACY_LOG_BUCKETS = 5
+
+
+def accuracy_buckets(accuracy, counts, sigmas, num_buckets: int = ACCURACY_LOG_BUCKETS) -> list:
+  """[(σ_high, σ_low, accuracy, examples)]: the levels cut into `num_buckets` runs of
+  neighbouring σ (index 0 largest), each run's accuracy over its examples."""
+  accuracy, counts = np.nan_to_num(np.asarray(accuracy, np.float64)), np.asarray(counts, np.float64)
+  out = []
+  for run in np.array_split(np.arange(len(sigmas)), min(num_buckets, len(sigmas))):
+    n = counts[run].sum()
+    out.append((float(sigmas[run[0]]), float(sigmas[run[-1]]),
+                float((accuracy[run] * counts[run]).sum() / n) if n else float('nan'), int(n)))
+  return out
+
+
+def _write_accuracy(writer, step, accuracy, counts, sigmas):
+  """The classifier's held-out accuracy: overall and per level to TensorBoard, per bucket to the log."""
+  overall = float(np.nansum(accuracy * counts) / max(np.sum(counts), 1.0))
+  with writer.as_default(step=step):
+    tf.summary.scalar('eval/heldout_accuracy', overall)
+    for i, value in enumerate(accuracy):
+      if np.isfinite(value):
+        tf.summary.scalar(f'eval/heldout_accuracy_per_sigma/level_{i:02d}_sigma_{sigmas[i]:.3g}',
+                          value)
+  logging.info('step %d: held-out accuracy %.3f; per σ: %s', step, overall, '; '.join(
+      f'σ {hi:.3g}-{lo:.3g}: {acc:.2f}' for hi, lo, acc, n in
+      accuracy_buckets(accuracy, counts, sigmas) if n))
 
 
 # --- the loop ------------------------------------------------------------------
@@ -569,8 +667,8 @@ def _train_dataset(config: config_lib.Config, strategy, step: int):
   skipped image).
   """
   consumed = step * _local_replicas(strategy)
-  return strategy.distribute_datasets_from_function(
-      data_lib.dataset_fn(config, start_batch=consumed))
+  return strategy.distribute_datasets_from_function(  # (images, labels) when needs_labels
+      data_lib.dataset_fn(config, start_batch=consumed, with_labels=needs_labels(config)))
 
 
 def train(config: config_lib.Config, *, on_snapshot=None) -> TrainState:

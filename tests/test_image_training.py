@@ -15,7 +15,9 @@ from conftest import REPO_ROOT
 from ncsn_tf import flags as ncsn_flags
 from ncsn_tf import plots
 from ncsn_tf import train_lib
+from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import inpainting
+from ncsn_tf.sampling import langevin
 from test_cli import run_cli
 
 TINY = ['--ngf=4', '--train_steps=2', '--log_freq=1', '--snapshot_freq=2', '--batch_size=4',
@@ -67,13 +69,15 @@ def test_a_missing_dataset_stops_at_once_naming_it_and_three_ways(tmp_path):
 def test_inpainting_keeps_known_pixels_up_to_the_last_sigma():
   # With the score of N(0.5, s²) per pixel the chain is well behaved; the known
   # pixels end at original + N(0, σ_L²) noise: their deviation has std σ_L
-  # (0.01) within 20%, the unknown ones moved far from the original.
+  # (0.01) within 20%, the unknown ones moved far from the original. (Every
+  # sampler's condition: tests/test_conditions.py.)
   sigmas = tf.constant([0.5, 0.1, 0.01])
   images = tf.random.stateless_uniform([4, 16, 16, 3], [0, 1])
   mask = inpainting.make_mask('right', (4, 16, 16, 3))
   score = lambda x, i: -(x - 0.5) / (0.1 + tf.gather(sigmas, i)[:, None, None, None]**2)
-  out = inpainting.annealed_langevin_inpainting(score, images, mask, sigmas, n_steps_each=20,
-                                                step_lr=1e-5, seed=[3, 4]).numpy()
+  x_init = tf.random.stateless_uniform([4, 16, 16, 3], [1, 2])
+  out = langevin.annealed_langevin_dynamics(score, x_init, sigmas, conditions.inpainting(images, mask),
+                                            n_steps_each=20, step_lr=1e-5, seed=[3, 4]).numpy()
   known = mask.astype(bool)
   deviation = (out - images.numpy())[known]
   assert abs(deviation.std() - 0.01) < 0.002 and abs(deviation.mean()) < 0.002
@@ -152,7 +156,7 @@ def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
   out = subprocess.run([sys.executable, '-c', SIGNATURE_SCRIPT, str(export_dir / '1')],
                        capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "['inpaint', 'sample', 'score', 'score_sigma', 'serving_default']" in out.stdout
+  assert "['colorize', 'inpaint', 'sample', 'score', 'score_sigma', 'serving_default']" in out.stdout
 
 
 def test_snapshot_samples_reuse_one_trace_of_the_sampler(tmp_path):

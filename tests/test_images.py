@@ -289,8 +289,9 @@ def test_native_shapes():
   assert images.native_shape('celeba', None) == (32, 32, 3)
   assert images.native_shape('celeba', 64) == (64, 64, 3)
   assert images.native_shape('shapes', None) == (32, 32, 3)
+  assert images.native_shape('digits', None) == (16, 16, 1)
   assert set(images.SUPPORTED) == {'mnist', 'cifar10', 'celeba', 'folder',
-                                   'shapes'}
+                                   'shapes', 'digits'}
 
 
 class NcsnTestDigits(tfds.core.GeneratorBasedBuilder):

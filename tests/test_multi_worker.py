@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -114,5 +115,9 @@ def test_toy_trains_on_two_workers_with_chief_only_outputs(tmp_path):
   _check(TOY, tmp_path, timeout=240)
 
 
+# 136 s in make test; the toy test above covers the cluster, chief-only outputs and
+# checkpoints, and tests/test_digits.py and tests/test_images.py the image input
+# pipelines split across 2 input pipelines.
+@pytest.mark.slow
 def test_shapes_trains_on_two_workers_with_chief_only_outputs(tmp_path):
   _check(SHAPES, tmp_path, timeout=600)

@@ -219,8 +219,8 @@ def test_shapes_sde_cli_trains_a_continuous_unet_samples_with_heun_and_exports(t
   assert samples['trajectory'].shape == (1, 4, 16, 16, 3)  # Heun keeps no chain.
   assert (workdir / 'samples' / 'shape_fit.json').exists()
   loaded = tf.saved_model.load(str(export_dir / '1'))
-  assert set(loaded.signatures) == {'score', 'score_sigma', 'sample', 'inpaint', 'serving_default',
-                                    'log_likelihood'}
+  assert set(loaded.signatures) == {'score', 'score_sigma', 'sample', 'inpaint', 'colorize',
+                                    'serving_default', 'log_likelihood'}
   assert loaded.sampler.numpy().decode() == 'heun(num_steps=4, sampling_eps=1e-05)'
 
 
@@ -293,13 +293,41 @@ def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path, mo
   assert np.isfinite(result['bits_per_dim']) and result['bits_per_dim'] > 0
   assert result['baselines']['uniform'] == 8.0
   assert 0 < result['baselines']['gaussian_full_covariance'] < 8
+  per_example = np.load(result['per_example_file'])
+  assert per_example['bits_per_dim'].shape == (2, 8)
+  np.testing.assert_allclose(per_example['bits_per_dim'].mean(), result['bits_per_dim'], rtol=1e-5)
+  # The export answers as the mode did for the same images and seed, in a
+  # fresh process through the session loader that TF Serving uses: batch 0's
+  # probes come from [--seed, 0], the export's from [seed, 0].
+  from ncsn_tf import export as export_lib
+  path = export_lib.export(state.score_model, config.replace(
+      export={'export_dir': str(tmp_path / 'export')}), state.sigmas)
+  np.save(tmp_path / 'x.npy', per_example['inputs'][:4])
+  script = f'''
+import numpy as np, tensorflow as tf
+tf.compat.v1.disable_eager_execution()
+with tf.compat.v1.Session(graph=tf.Graph()) as session:
+  meta = tf.compat.v1.saved_model.loader.load(session, ['serve'], {str(path)!r})
+  signature = meta.signature_def['log_likelihood']
+  feeds = {{signature.inputs['x'].name: np.load({str(tmp_path / 'x.npy')!r}),
+            signature.inputs['seed'].name: {config.seed}}}
+  print(list(session.run(signature.outputs['bits_per_dim'].name, feeds)))
+'''
+  import subprocess, sys
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  served = np.array(eval(out.stdout.strip().splitlines()[-1]), np.float32)
+  # The same graph of float32 ops on the same inputs: equal up to round-off
+  # in the adaptive solver's accepted steps (1e-4 bits/dim is far below the
+  # 1e-2 tolerances' own error).
+  np.testing.assert_allclose(served, per_example['bits_per_dim'][0, :4], atol=1e-4)
 
 
 def test_inpainting_asks_a_continuous_network_at_the_levels_sigma(tmp_path):
-  # --mode=inpaint runs annealed Langevin over level indices; a continuous
-  # network must get σ_i, not the index (σ = 0 at level 0 gave inf scores).
+  # --mode=inpaint --sampler=ald runs annealed Langevin over level indices; a
+  # continuous network must get σ_i, not the index (σ = 0 at level 0 gave inf scores).
   config = config_from_flagfile(
-      'shapes_sde', '--ngf=4', '--image_size=16', '--num_scales=3', '--n_steps_each=1',
+      'shapes_sde', '--sampler=ald', '--ngf=4', '--image_size=16', '--num_scales=3', '--n_steps_each=1',
       '--num_inpaint_images=2', '--inpaint_completions=1', f'--workdir={tmp_path}/run')
   state = train_lib.create_state(config, tf.distribute.get_strategy())
   out_dir = modes.run_inpaint(config, state)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from conftest import REPO_ROOT
 from ncsn_tf import export
 from ncsn_tf import train_lib
+from ncsn_tf.sampling import guidance
 from test_image_training import config_from_flagfile
 from test_train_lib import tiny_config
 
@@ -58,14 +59,24 @@ np.savez(out_path, **results)
 
 
 def _toy_export(tmp_path):
+  """The toy ladder MLP, exported with a (small, untrained) noise-conditional classifier:
+  `sample_class` is classifier-guided annealed Langevin, and the classifier's variables
+  must reach both loaders. (The CLI guides only labelled datasets; the module takes any
+  classifier, and a toy's graph is the cheapest to save and load.)"""
+  from ncsn_tf.models.classifier import NoiseConditionalMLPClassifier
   config = tiny_config(tmp_path / 'toy', train_steps=10, ema_rate=0.9)
   state = train_lib.train(config)
+  classifier = guidance.Classifier(NoiseConditionalMLPClassifier(
+      num_classes=2, data_dim=2, hidden_units=8, num_layers=1).build_for(), num_classes=2)
   rng = np.random.default_rng(0)
   inputs = {
       'score/x': rng.normal(scale=5, size=(6, 2)).astype(np.float32),
       'score/sigma_index': (np.arange(6) % 4).astype(np.int32),
-      'sample/num_samples': np.int32(5), 'sample/seed': np.int32(1)}
-  return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs, state)
+      'sample/num_samples': np.int32(5), 'sample/seed': np.int32(1),
+      'sample_class/labels': np.array([0, 1, 1], np.int32),
+      'sample_class/guidance_scale': np.float32(2.0), 'sample_class/seed': np.int32(3)}
+  path = export.export(state.ema_model, config, state.sigmas, classifier=classifier)
+  return path, _with_serving_default(inputs, state)
 
 
 def _image_export(tmp_path):
@@ -81,7 +92,9 @@ def _image_export(tmp_path):
   inputs = {
       'score/x': images, 'score/sigma_index': np.array([0, 2], np.int32),
       'sample/num_samples': np.int32(3), 'sample/seed': np.int32(4),
-      'inpaint/images': images, 'inpaint/mask': mask, 'inpaint/seed': np.int32(5)}
+      'inpaint/images': images, 'inpaint/mask': mask, 'inpaint/seed': np.int32(5),
+      # Grey input: the spec's open channel axis takes 1 (grey) or 3 (RGB).
+      'colorize/images': images.mean(-1, keepdims=True), 'colorize/seed': np.int32(7)}
   return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs, state)
 
 
@@ -138,12 +151,15 @@ def test_the_export_serves_through_the_model_server_path(kind, tmp_path):
     _check_saved_model_cli_prints_the_samples_of_the_readme_command(path)
   if kind == 'sde_toy':
     _check_saved_model_cli_show_lists_the_sde_signatures_and_the_sampler(path)
+  if kind == 'image':
+    _check_bad_condition_inputs_fail_before_sampling(path, inputs)
 
 
 def _check_every_signature_answers_as_through_tf2(kind, inputs, results):
   signatures = {key.split('/')[0] for key in inputs}
   expected = {'score', 'score_sigma', 'sample', 'serving_default'} | (
-      {'inpaint'} if kind == 'image' else set()) | (
+      {'inpaint', 'colorize'} if kind == 'image' else set()) | (
+      {'sample_class'} if kind == 'toy' else set()) | (
       {'log_likelihood'} if kind == 'sde_toy' else set())
   assert signatures == expected  # Every signature of the export is exercised.
   session_keys = sorted(k for k in results if k.startswith('session/'))
@@ -156,6 +172,11 @@ def _check_every_signature_answers_as_through_tf2(kind, inputs, results):
                                rtol=1e-5, atol=1e-5, err_msg=key)
     assert np.all(np.isfinite(results[key])), key
   assert results['session/sample/samples'].shape[0] == int(inputs['sample/num_samples'])
+  if 'colorize/images' in inputs:  # Grey in, RGB out.
+    assert results['session/colorize/colorized'].shape == inputs['colorize/images'].shape[:-1] + (3,)
+  if 'sample_class/labels' in inputs:  # One sample per requested label.
+    assert results['session/sample_class/samples'].shape == (
+        len(inputs['sample_class/labels']),) + inputs['score/x'].shape[1:]
   if kind != 'sde_toy':  # On the ladder, the σ signature is the index signature:
     # the same network at the same level, up to the image model's bfloat16
     # round-off (two graphs may order its sums differently; measured 0.012
@@ -253,3 +274,18 @@ def _check_saved_model_cli_show_lists_the_sde_signatures_and_the_sampler(path):
     assert f"signature_def['{name}']" in shown.stdout
   loaded = tf.saved_model.load(path)
   assert loaded.sampler.numpy().decode().startswith('ode(rtol=0.001, atol=0.001')
+
+
+def _check_bad_condition_inputs_fail_before_sampling(path, inputs):
+  """A mask of the wrong shape, images outside [0, 1], a colourisation input that is
+  neither grey nor RGB: each one error naming the signature and what is wrong."""
+  loaded = tf.saved_model.load(path)
+  images, mask, seed = inputs['inpaint/images'], inputs['inpaint/mask'], tf.constant(0)
+  for signature, feed, message in (
+      ('inpaint', dict(images=images, mask=mask[:1]), 'inpaint: images and mask need the same shape'),
+      ('inpaint', dict(images=images, mask=0.5 * mask), 'inpaint: mask must be 0 (unknown) or 1'),
+      ('inpaint', dict(images=images + 1.0, mask=mask), 'inpaint: images must be in [0, 1]'),
+      ('colorize', dict(images=images[..., :2]), 'colorize: images need 1 (grey) or 3 (RGB) channels'),
+      ('colorize', dict(images=-images), 'colorize: images must be in [0, 1]')):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+      loaded.signatures[signature](**{k: tf.constant(v) for k, v in feed.items()}, seed=seed)

@@ -2,14 +2,29 @@
 
 `dataset_fn(config)` returns the function that
 `strategy.distribute_datasets_from_function` calls once per input pipeline;
-it yields per-replica batches float32 [batch / replicas, *data_shape(...)].
+it yields per-replica batches float32 [batch / replicas, *data_shape(...)]
+(with `with_labels=True`, tuples of those and int32 labels [batch / replicas]).
 """
 
 import numpy as np
 import tensorflow as tf
 
 from ncsn_tf import config as config_lib
+from ncsn_tf.data import digits
+from ncsn_tf.data import shapes
 from ncsn_tf.data import toy
+
+#: Classes of each labelled image dataset (defined here, not in images.py, so that
+#: asking does not import tfds). mnist and cifar10: TFDS's 'label' feature;
+#: shapes: the kind of the largest visible object (shapes.shapes_split_labels);
+#: digits: the digit. Every other dataset (toys, celeba, folder) has none.
+NUM_CLASSES = {'mnist': 10, 'cifar10': 10, 'digits': digits.NUM_CLASSES,
+               'shapes': shapes.NUM_KINDS}
+
+
+def num_classes(data: config_lib.DataConfig) -> int:
+  """Classes of the dataset's labels: 10 digits/mnist/cifar10, 3 shapes, 0 unlabelled."""
+  return NUM_CLASSES.get(data.dataset, 0)
 
 
 def data_shape(data: config_lib.DataConfig) -> tuple:
@@ -33,15 +48,21 @@ def to_unit_range(x, data: config_lib.DataConfig) -> np.ndarray:
 
 
 def dataset_fn(config: config_lib.Config, *, split: str = 'train', shuffle: bool = True,
-               repeat: bool = True, seed_offset: int = 0, start_batch: int = 0):
+               repeat: bool = True, seed_offset: int = 0, start_batch: int = 0,
+               with_labels: bool = False):
   """A function InputContext -> tf.data.Dataset of per-replica batches.
 
   start_batch: batches each pipeline has already consumed (the global step
-    when resuming): toy and shapes streams continue exactly where they
+    when resuming): toy, shapes and digits streams continue exactly where they
     stopped; tfds and folder streams restart with a fresh shuffle seeded by it.
+  with_labels: batches are (images, int32 labels [B]) tuples; only for datasets
+    with num_classes(config.data) > 0 (ValueError otherwise, raised here).
   """
   data = config.data
   seed = config.seed + seed_offset
+  if with_labels and not num_classes(data):
+    raise ValueError(f'--dataset={data.dataset} has no class labels; labelled datasets: '
+                     f'{", ".join(NUM_CLASSES)}.')
 
   def make(input_context: tf.distribute.InputContext | None = None):
     per_replica = (input_context.get_per_replica_batch_size(config.train.batch_size)
@@ -53,17 +74,18 @@ def dataset_fn(config: config_lib.Config, *, split: str = 'train', shuffle: bool
                              seed=split_seed, start_batch=start_batch,
                              input_context=input_context)
     from ncsn_tf.data import images
-    # The in-memory shapes images replay cheaply to their exact position.
-    # Replaying a tfds or folder stream would decode every skipped batch, so a
-    # resumed run there draws a fresh shuffle (seed offset by the position),
-    # which is statistically the same stream.
-    replay = data.dataset == 'shapes'
+    # The in-memory shapes and digits images replay cheaply to their exact
+    # position. Replaying a tfds or folder stream would decode every skipped
+    # batch, so a resumed run there draws a fresh shuffle (seed offset by the
+    # position), which is statistically the same stream.
+    replay = data.dataset in images.IN_MEMORY
     dataset = images.image_dataset(
         data.dataset, split=split, image_size=data.image_size, batch_size=per_replica,
         data_dir=data.data_dir, data_path=data.data_path,
         random_flip=data.random_flip and split == 'train',
         logit_transform=data.logit_transform, shuffle=shuffle, repeat=repeat,
-        seed=seed if replay else seed + start_batch, input_context=input_context)
+        seed=seed if replay else seed + start_batch, input_context=input_context,
+        with_labels=with_labels)
     return dataset.skip(start_batch) if replay and start_batch else dataset
 
   return make

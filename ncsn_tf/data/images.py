@@ -1,8 +1,9 @@
-"""Image input pipelines for NCSN: MNIST, CIFAR-10, CelebA, image folders, shapes.
+"""Image input pipelines for NCSN: MNIST, CIFAR-10, CelebA, image folders, shapes, digits.
 
 Every source goes through the same path:
 
   source -> uint8 [H, W, C] at the final size  (decode, CelebA centre crop, resize)
+            (with its int32 label if with_labels; shapes and digits from memory)
          -> shard (tf.distribute.InputContext) -> shuffle -> repeat
          -> batch(batch_size, drop_remainder)  (batch_size is PER REPLICA)
          -> random horizontal flip, uniform dequantisation, optional logit transform
@@ -37,16 +38,21 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ncsn_tf.data import NUM_CLASSES  # Labelled datasets -> classes.
+from ncsn_tf.data import digits
 from ncsn_tf.data import shapes
 
-SUPPORTED = ('mnist', 'cifar10', 'celeba', 'folder', 'shapes')
+SUPPORTED = ('mnist', 'cifar10', 'celeba', 'folder', 'shapes', 'digits')
+# Held in memory as numpy arrays: cheap to replay to an exact position on resume.
+IN_MEMORY = ('shapes', 'digits')
 
 # Our dataset names -> TFDS builder names.
 TFDS_NAMES = {'mnist': 'mnist', 'cifar10': 'cifar10', 'celeba': 'celeb_a'}
 # Side length used when `image_size` is None.
 DEFAULT_SIZES = {'mnist': 28, 'cifar10': 32, 'celeba': 32, 'folder': 32,
-                 'shapes': 32}
-CHANNELS = {'mnist': 1, 'cifar10': 3, 'celeba': 3, 'folder': 3, 'shapes': 3}
+                 'shapes': 32, 'digits': 16}
+CHANNELS = {'mnist': 1, 'cifar10': 3, 'celeba': 3, 'folder': 3, 'shapes': 3,
+            'digits': 1}
 
 # CelebA: side of the centre crop applied to the aligned 218x178 faces before
 # resizing (reference `transforms.CenterCrop(140)`).
@@ -88,13 +94,16 @@ def native_shape(name: str, image_size: int | None) -> tuple[int, int, int]:
   """(H, W, C) of the images `image_dataset(name, image_size=...)` yields.
 
   MNIST is 28x28x1, CIFAR-10 32x32x3, CelebA, folders and shapes are
-  image_size x image_size x 3 (32 by default; the paper uses 32 for CelebA).
+  image_size x image_size x 3 (32 by default; the paper uses 32 for CelebA),
+  digits image_size x image_size x 1 (16 by default; a multiple of 8).
   A given `image_size` that differs from the native size means "resize to it".
   """
   _check_name(name)
   size = DEFAULT_SIZES[name] if image_size is None else int(image_size)
   if size <= 0:
     raise ValueError(f'image_size must be positive, got {image_size}.')
+  if name == 'digits':
+    digits.check_image_size(size)
   return size, size, CHANNELS[name]
 
 
@@ -149,9 +158,9 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
                   data_path: str | None = None, random_flip: bool = True,
                   dequantize: bool = True, logit_transform: bool = False,
                   shuffle: bool = True, repeat: bool = True, seed: int = 0,
-                  input_context: tf.distribute.InputContext | None = None
-                  ) -> tf.data.Dataset:
-  """Batched float32 images for score-network training or evaluation.
+                  input_context: tf.distribute.InputContext | None = None,
+                  with_labels: bool = False) -> tf.data.Dataset:
+  """Batched float32 images (and optionally labels) for training or evaluation.
 
   Args:
     name: one of SUPPORTED.
@@ -169,20 +178,28 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
     seed: seeds shuffling, flips and noise; same arguments -> same batches.
     input_context: from `strategy.distribute_datasets_from_function`; each input
       pipeline then reads a disjoint 1/num_input_pipelines of the data.
+    with_labels: also yield each image's class (datasets in NUM_CLASSES only).
+      Labels travel with their images through sharding, shuffling, flips and
+      noise.
 
   Returns:
     tf.data.Dataset of float32 [batch_size, H, W, C] (H, W, C = native_shape),
     in [0, 1] (dequantised values lie in [0, 1)), or in logit space
-    (about [-13.8, 13.8]) if logit_transform.
+    (about [-13.8, 13.8]) if logit_transform. With labels, of tuples
+    (images, labels int32 [batch_size] in [0, NUM_CLASSES[name])).
 
   Raises:
     DatasetUnavailableError: a TFDS dataset is not prepared in data_dir.
     FileNotFoundError: name='folder' and data_path is missing or has no images.
-    ValueError: unknown name or split, or a non-positive batch_size/image_size.
+    ValueError: unknown name or split, a non-positive batch_size/image_size, or
+      with_labels for a dataset without labels (celeba, folder).
   """
   height, width, channels = native_shape(name, image_size)
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  if with_labels and name not in NUM_CLASSES:
+    raise ValueError(f'--dataset={name} has no class labels; labelled datasets: '
+                     f'{", ".join(NUM_CLASSES)}.')
   num_pipelines, pipeline_id = _pipeline_index(input_context)
   # Independent seeds per purpose and per input pipeline, so pipelines neither share
   # nor correlate their shuffles and noise. TFDS file shuffling keeps the base
@@ -190,19 +207,26 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
   shuffle_seed, noise_seed = (
       int(s) for s in np.random.SeedSequence([seed, pipeline_id]).generate_state(2))
 
+  # Elements: uint8 images [H, W, C], or (image, int32 label) with labels.
   if name in TFDS_NAMES:
     images = _tfds_images(name, split=split, size=height, data_dir=data_dir,
                           shuffle_files=shuffle, seed=seed,
-                          num_pipelines=num_pipelines, pipeline_id=pipeline_id)
+                          num_pipelines=num_pipelines, pipeline_id=pipeline_id,
+                          with_labels=with_labels)
   elif name == 'folder':
     images = _folder_images(data_path, split=split, size=height, shuffle=shuffle,
                             seed=shuffle_seed, num_pipelines=num_pipelines,
                             pipeline_id=pipeline_id)
-  else:  # 'shapes'
-    array = shapes.shapes_split_images(split, image_size=height)
-    images = tf.data.Dataset.from_tensor_slices(array).shard(
-        num_pipelines, pipeline_id)
-  images = images.map(lambda image: tf.ensure_shape(image, (height, width, channels)))
+  else:  # IN_MEMORY: shapes, digits.
+    arrays = in_memory_split(name, split, height, with_labels=with_labels)
+    images = tf.data.Dataset.from_tensor_slices(
+        arrays if with_labels else arrays[0]).shard(num_pipelines, pipeline_id)
+  shape = (height, width, channels)
+  if with_labels:
+    images = images.map(lambda image, label: (tf.ensure_shape(image, shape),
+                                              tf.ensure_shape(label, ())))
+  else:
+    images = images.map(lambda image: tf.ensure_shape(image, shape))
 
   if shuffle:
     images = images.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed,
@@ -216,8 +240,26 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
   batches = tf.data.Dataset.zip((batches, batch_seeds))
   augment = _make_augment(random_flip=random_flip, add_noise=dequantize,
                           to_logit=logit_transform)
-  batches = batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  if with_labels:
+    # Flips and noise act per example on the images only; the label rides along.
+    batches = batches.map(lambda pair, seed: (augment(pair[0], seed), pair[1]),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    batches = batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def in_memory_split(name: str, split: str, size: int, *, with_labels: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+  """(uint8 images [N, size, size, C], int32 labels [N] or None) of shapes or digits."""
+  if name == 'digits':
+    images, labels = digits.load_digits_split(split, size)
+    return images, labels if with_labels else None
+  if name == 'shapes':
+    images = shapes.shapes_split_images(split, image_size=size)
+    labels = shapes.shapes_split_labels(split, image_size=size) if with_labels else None
+    return images, labels
+  raise ValueError(f'{name!r} is not an in-memory dataset; those are {IN_MEMORY}.')
 
 
 def folder_files(data_path: str, split: str = 'train') -> list[str]:
@@ -311,8 +353,11 @@ def _unavailable_message(name: str, tfds_name: str, data_dir: str) -> str:
 
 def _tfds_images(name: str, *, split: str, size: int, data_dir: str | None,
                  shuffle_files: bool, seed: int, num_pipelines: int,
-                 pipeline_id: int) -> tf.data.Dataset:
-  """uint8 [size, size, C] images of a TFDS dataset, this pipeline's shard."""
+                 pipeline_id: int, with_labels: bool = False) -> tf.data.Dataset:
+  """uint8 [size, size, C] images of a TFDS dataset, this pipeline's shard.
+
+  With labels, (image, int32 label) pairs from the TFDS 'label' feature.
+  """
   tfds_name = TFDS_NAMES[name]
   # Building the builder reads only metadata; nothing is downloaded or prepared.
   builder = tfds.builder(tfds_name, data_dir=data_dir)
@@ -337,6 +382,10 @@ def _tfds_images(name: str, *, split: str, size: int, data_dir: str | None,
   if num_pipelines > 1 and not shard_by_split:
     dataset = dataset.shard(num_pipelines, pipeline_id)
   preprocess = _make_tfds_preprocess(name, size)
+  if with_labels:
+    return dataset.map(
+        lambda example: (preprocess(example), tf.cast(example['label'], tf.int32)),
+        num_parallel_calls=tf.data.AUTOTUNE)
   return dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 
 

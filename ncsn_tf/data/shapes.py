@@ -5,7 +5,8 @@ plain background (a random light or dark colour) and one to three filled shapes 
 random kind, size, position and colour. The images are deliberately simple and clean
 (flat colours, few objects, no texture) so that a small score network learns them in
 minutes on a CPU, while still being multi-modal enough (kind, count, colour, position)
-for annealed Langevin samples to be judged by eye.
+for annealed Langevin samples to be judged by eye. Each image's class label
+(`shapes_split_labels`) is the kind of its largest visible object.
 
 Generation is vectorised numpy: every shape is rasterised from a signed distance
 function evaluated on the pixel grid for a whole block of images at once, so 10,000
@@ -83,6 +84,51 @@ def shapes_split_images(split: str = 'train', *, image_size: int = 32,
   'train' has TRAIN_SIZE and 'test' TEST_SIZE images by default; the two splits are
   drawn from different seed streams derived from `data_seed`.
   """
+  num_images, seed = _split_stream(split, num_images, data_seed)
+  return shapes_images(num_images, image_size, seed, antialias=antialias)
+
+
+def shapes_split_labels(split: str = 'train', *, image_size: int = 32,
+                        num_images: int | None = None, data_seed: int = 0,
+                        antialias: bool = True) -> np.ndarray:
+  """The class of each image of `shapes_split_images` (same arguments): int32 [N].
+
+  The label is the kind (DISC, SQUARE or TRIANGLE; NUM_KINDS classes) of the
+  image's largest object by VISIBLE area: the object's pixel coverage (the
+  same anti-aliased coverage that paints it) times what later objects leave
+  uncovered, summed over the image. Occlusion counts because a classifier sees
+  only the visible part. Drawn from the same parameters as the images, so
+  label k belongs to image k of `shapes_split_images` with these arguments.
+  """
+  num_images, seed = _split_stream(split, num_images, data_seed)
+  return shapes_labels(num_images, image_size, seed, antialias=antialias)
+
+
+def shapes_labels(num_images: int, image_size: int = 32, seed: int = 0, *,
+                  antialias: bool = True) -> np.ndarray:
+  """Kind of the largest visible object of each `shapes_images` image: int32 [N]."""
+  if num_images < 0:
+    raise ValueError(f'num_images must be >= 0, got {num_images}.')
+  if image_size < 8:
+    raise ValueError(f'image_size must be >= 8, got {image_size}.')
+  params = _draw_parameters(np.random.default_rng(seed), num_images, image_size)
+  out = np.empty(num_images, np.int32)
+  for start in range(0, num_images, _BLOCK):
+    block = slice(start, min(start + _BLOCK, num_images))
+    block_params = {key: value[block] for key, value in params.items()}
+    coverage = _coverage(block_params, image_size, antialias)  # [n, slot, S, S]
+    # What later slots (painted on top) leave of each slot: prod_{j > i} (1 - c_j).
+    uncovered = np.ones_like(coverage)
+    for slot in range(MAX_SHAPES - 2, -1, -1):
+      uncovered[:, slot] = uncovered[:, slot + 1] * (1.0 - coverage[:, slot + 1])
+    visible = (coverage * uncovered).sum(axis=(2, 3))  # [n, slot]; inactive slots 0.
+    largest = np.argmax(visible, axis=1)
+    out[block] = np.take_along_axis(block_params['kind'], largest[:, None], axis=1)[:, 0]
+  return out
+
+
+def _split_stream(split: str, num_images: int | None, data_seed: int) -> tuple[int, int]:
+  """(image count, generator seed) of a split of the fixed dataset."""
   if split not in _SPLIT_TAGS:
     raise ValueError(f"shapes has splits {SPLITS}, got split={split!r}.")
   if num_images is None:
@@ -90,21 +136,21 @@ def shapes_split_images(split: str = 'train', *, image_size: int = 32,
   # SeedSequence mixes (data_seed, split) into independent streams, so the test split
   # never repeats training images for any data_seed.
   split_seed = np.random.SeedSequence([data_seed, _SPLIT_TAGS[split]])
-  return shapes_images(num_images, image_size,
-                       int(split_seed.generate_state(1)[0]), antialias=antialias)
+  return num_images, int(split_seed.generate_state(1)[0])
 
 
 def shapes_dataset(*, split: str = 'train', image_size: int = 32, batch_size: int,
                    data_dir=None, data_path=None, random_flip: bool = True,
                    dequantize: bool = True, logit_transform: bool = False,
                    shuffle: bool = True, repeat: bool = True, seed: int = 0,
-                   input_context=None):
+                   input_context=None, with_labels: bool = False):
   """The shapes split as a batched tf.data.Dataset; same API as `image_dataset`.
 
   Equivalent to `ncsn_tf.data.images.image_dataset('shapes', ...)`: float32 batches
   [batch_size, S, S, 3] in [0, 1] (logit space if `logit_transform`). The image
   content is fixed (the default split sizes and data seed); `seed` drives shuffling,
   flips and dequantisation noise only. `data_dir` and `data_path` are ignored.
+  With labels, (images, int32 labels [batch_size]) from `shapes_split_labels`.
   """
   # Imported here because images.py imports this module for its 'shapes' source.
   from ncsn_tf.data import images  # pylint: disable=g-import-not-at-top
@@ -112,7 +158,7 @@ def shapes_dataset(*, split: str = 'train', image_size: int = 32, batch_size: in
       'shapes', split=split, image_size=image_size, batch_size=batch_size,
       data_dir=data_dir, data_path=data_path, random_flip=random_flip,
       dequantize=dequantize, logit_transform=logit_transform, shuffle=shuffle,
-      repeat=repeat, seed=seed, input_context=input_context)
+      repeat=repeat, seed=seed, input_context=input_context, with_labels=with_labels)
 
 
 def _draw_parameters(rng: np.random.Generator, n: int, size: int) -> dict:
@@ -141,10 +187,25 @@ def _draw_parameters(rng: np.random.Generator, n: int, size: int) -> dict:
 
 def _rasterise(params: dict, size: int, antialias: bool) -> np.ndarray:
   """Paints one block of images; returns uint8 [n, size, size, 3]."""
-  coords = np.arange(size, dtype=np.float32) + 0.5
+  coverage = _coverage(params, size, antialias)
   n = params['kind'].shape[0]
   image = np.broadcast_to(params['background'][:, None, None, :],
                           (n, size, size, 3)).copy()
+  for slot in range(MAX_SHAPES):  # Later slots paint over earlier ones.
+    alpha = coverage[:, slot, :, :, None]
+    colour = params['colour'][:, slot, None, None, :]
+    image = image * (1.0 - alpha) + colour * alpha
+  return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _coverage(params: dict, size: int, antialias: bool) -> np.ndarray:
+  """Each slot's pixel coverage in [0, 1], float32 [n, MAX_SHAPES, size, size].
+
+  Inactive slots cover nothing.
+  """
+  coords = np.arange(size, dtype=np.float32) + 0.5
+  n = params['kind'].shape[0]
+  out = np.empty((n, MAX_SHAPES, size, size), np.float32)
   for slot in range(MAX_SHAPES):
     # Offsets of every pixel from this slot's shape centre: [n, size(y), size(x)].
     dy = coords[None, :, None] - params['centre'][:, slot, 0, None, None]
@@ -156,11 +217,8 @@ def _rasterise(params: dict, size: int, antialias: bool) -> np.ndarray:
       coverage = np.clip(0.5 - distance, 0.0, 1.0)
     else:
       coverage = (distance <= 0.0).astype(np.float32)
-    coverage *= params['active'][:, slot, None, None]
-    alpha = coverage[..., None]
-    colour = params['colour'][:, slot, None, None, :]
-    image = image * (1.0 - alpha) + colour * alpha
-  return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+    out[:, slot] = coverage * params['active'][:, slot, None, None]
+  return out
 
 
 def signed_distance(kind, dx, dy, half):

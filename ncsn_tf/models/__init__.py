@@ -1,9 +1,16 @@
-"""Score networks: `build_model(config, data_shape)` picks one from the Config."""
+"""Score networks: `build_model(config, data_shape)` picks one from the Config;
+`build_classifier(config, data_shape, num_classes)` the noise-conditional classifier."""
 
 import keras
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import sigmas as sigmas_lib
+
+
+def label_count(config: config_lib.Config) -> int:
+  """The dataset's number of classes (ncsn_tf.data.num_classes; 0 = unlabelled)."""
+  from ncsn_tf import data as data_lib
+  return int(data_lib.num_classes(config.data))
 
 
 def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
@@ -12,10 +19,13 @@ def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
   m = config.model
   sigmas = sigmas_lib.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
   continuous = m.noise_embedding == 'fourier'
+  # --class_conditional: s(x, σ, y) with a label embedding (classifier-free guidance).
+  label_classes = label_count(config) if m.class_conditional else 0
   if m.name == 'mlp' and continuous:  # s(x, σ) for any σ > 0.
     from ncsn_tf.models.mlp import ContinuousScoreMLP
     return ContinuousScoreMLP(data_dim=data_shape[0], hidden_units=m.ngf,
-                              num_layers=m.num_layers, name='score_mlp_continuous').build_for()
+                              num_layers=m.num_layers, label_classes=label_classes,
+                              name='score_mlp_continuous').build_for()
   if m.name == 'mlp':
     from ncsn_tf import losses
     from ncsn_tf.models.mlp import NoiseConditionalMLP, ScoreMLP
@@ -46,5 +56,24 @@ def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
                      logit_transform=config.data.logit_transform,
                      scale_by_sigma=m.scale_by_sigma, norm=m.unet_norm,
                      sigma_data=m.sigma_data if m.preconditioning == 'edm' else None,
-                     continuous=continuous, name='score_unet').build_for()
+                     continuous=continuous, label_classes=label_classes,
+                     name='score_unet').build_for()
   raise ValueError(f'unknown model {m.name!r}')
+
+
+def build_classifier(config: config_lib.Config, data_shape: tuple, num_classes: int) -> keras.Model:
+  """A built noise-conditional classifier (models/classifier.py): logits(x, σ) [N, num_classes].
+
+  Images get the convolutional one, of width --ngf; flat data the MLP, of
+  --ngf units and --num_layers layers.
+  """
+  from ncsn_tf.models import classifier
+  m = config.model
+  if len(data_shape) == 1:
+    return classifier.NoiseConditionalMLPClassifier(
+        num_classes, data_dim=data_shape[0], hidden_units=m.ngf, num_layers=m.num_layers,
+        name='classifier_mlp').build_for()
+  height, _, channels = data_shape
+  return classifier.NoiseConditionalClassifier(
+      num_classes, image_size=height, channels=channels, ngf=m.ngf,
+      logit_transform=config.data.logit_transform, name='classifier').build_for()

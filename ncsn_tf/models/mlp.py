@@ -50,6 +50,17 @@ class ConditionalAffine(keras.layers.Layer):
     return {**super().get_config(), 'num_classes': self.num_classes}
 
 
+def label_or_null(labels, sigma, num_classes: int):
+  """labels int32 [N] in [0, C], or ∅ = C for every example when `labels` is None.
+
+  sigma [N] gives N. The class-conditional networks' label input: row C of
+  their embedding is the "no label" of classifier-free guidance.
+  """
+  if labels is None:
+    return ops.full(ops.shape(sigma)[:1], num_classes, 'int32')
+  return ops.cast(ops.reshape(labels, (-1,)), 'int32')
+
+
 @keras.saving.register_keras_serializable(package='ncsn_tf')
 class NoiseConditionalMLP(keras.Model):
   """s_θ(x, i): [N, D] float32, [N] int32 -> [N, D] float32.
@@ -188,11 +199,20 @@ class ContinuousScoreMLP(keras.Model):
     fourier_features: F, the number of frequencies (2F features).
     fourier_scale: std of the frequencies w, in cycles per unit of log σ.
     fourier_seed: seed of the frequencies' generator.
+    label_classes: C > 0 makes the network class-conditional, s_θ(x, σ, y)
+      (classifier-free guidance, Ho & Salimans 2022): a learned label
+      embedding with C + 1 rows, row C the "no label" ∅, is added to φ(σ).
+      0 (the default) builds no embedding: the network and its checkpoint
+      are those of an unconditional model.
+
+  Call: x [N, D], sigma [N], and with label_classes > 0 optionally labels
+  int32 [N] in [0, C] (C = ∅; None = ∅ for every example: the unconditional
+  score, which label dropout trains).
   """
 
   def __init__(self, data_dim: int, hidden_units: int = 128, num_layers: int = 3,
                fourier_features: int = 16, fourier_scale: float = 1.0, fourier_seed: int = 0,
-               **kwargs):
+               label_classes: int = 0, **kwargs):
     super().__init__(**kwargs)
     self.data_dim = int(data_dim)
     self.hidden_units = int(hidden_units)
@@ -209,6 +229,11 @@ class ContinuousScoreMLP(keras.Model):
     self.hidden = [keras.layers.Dense(hidden_units, name=f'dense_{k}') for k in range(num_layers)]
     self.films = [FourierFiLM(name=f'film_{k}') for k in range(num_layers)]
     self.head = keras.layers.Dense(data_dim, name='head')
+    self.label_classes = int(label_classes)
+    if self.label_classes:
+      self.label_embedding = keras.layers.Embedding(self.label_classes + 1,
+                                                    2 * self.fourier_features,
+                                                    name='label_embedding')
 
   def noise_features(self, sigma):
     """φ(σ) float32 [N, 2F] for σ float32 [N] > 0."""
@@ -216,9 +241,14 @@ class ContinuousScoreMLP(keras.Model):
         self._frequencies)[None, :]
     return ops.concatenate([ops.sin(phase), ops.cos(phase)], axis=-1)
 
-  def call(self, x, sigma):
+  def call(self, x, sigma, labels=None):
     sigma = ops.reshape(ops.cast(sigma, 'float32'), (-1,))
     features = self.noise_features(sigma)
+    if self.label_classes:
+      features = features + ops.cast(
+          self.label_embedding(label_or_null(labels, sigma, self.label_classes)), 'float32')
+    elif labels is not None:
+      raise ValueError('labels given to a network built without label_classes (not class-conditional)')
     h = ops.cast(x, 'float32') / ops.sqrt(1.0 + sigma[:, None]**2)
     for dense, film in zip(self.hidden, self.films):
       h = ops.softplus(film(dense(h), features))
@@ -233,4 +263,4 @@ class ContinuousScoreMLP(keras.Model):
     return {**super().get_config(), 'data_dim': self.data_dim,
             'hidden_units': self.hidden_units, 'num_layers': self.num_layers,
             'fourier_features': self.fourier_features, 'fourier_scale': self.fourier_scale,
-            'fourier_seed': self.fourier_seed}
+            'fourier_seed': self.fourier_seed, 'label_classes': self.label_classes}

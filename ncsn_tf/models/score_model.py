@@ -24,6 +24,14 @@ Two kinds of network sit behind the same three questions:
       ∇_x log p_t(x_t) = score_σ(x_t/α, σ(t)) / α,
   one σ-network for VE (α = 1), VP and sub-VP alike.
 
+Labels (classifier-free guidance): a class-conditional network takes an
+optional third argument, labels int32 [N] in [0, C] with C the "no label" ∅
+(models/mlp.py `label_or_null`). `with_labels(labels)` returns a ScoreModel
+of the same network and ladder whose every call passes those labels; the
+model without labels asks the network without them (∅: the unconditional
+score that label dropout trains). Samplers see the same three methods, so
+the sampler contract does not change (ncsn_tf/sampling/guidance.py).
+
 The EMA-or-not choice is the caller's, made once: pass the EMA copy of the
 network to sample or evaluate with averaged weights, the training network to
 train. ScoreModel holds no weights of its own and never picks.
@@ -62,12 +70,15 @@ class ScoreModel:
       the levels a ladder network was trained on, and the σ values
       `score_index` asks a continuous network at.
     continuous: whether `network` takes σ (True) or a level index (False).
+    labels: None, or int32 [N] (a tensor, or a tf.Variable read at every
+      call) passed to a class-conditional network as `labels=`; see
+      `with_labels`.
 
   Every method returns float32 scores of x's shape (a mixed-precision network's
   output is cast back to float32).
   """
 
-  def __init__(self, network, sigmas, continuous: bool):
+  def __init__(self, network, sigmas, continuous: bool, labels=None):
     sigmas = np.asarray(sigmas, np.float32).reshape(-1)
     if sigmas.size == 0 or not np.all(sigmas > 0) or not np.all(np.diff(sigmas) < 0):
       raise ValueError(f'sigmas must be a non-empty, strictly decreasing list of positive floats '
@@ -75,6 +86,9 @@ class ScoreModel:
     self.network = network
     self.sigmas = sigmas
     self._continuous = bool(continuous)
+    if labels is not None and not self.num_classes:
+      raise ValueError('labels need a class-conditional network (--class_conditional)')
+    self.labels = labels
     # One bound-method object per method for the life of the model (module docstring).
     for name in _METHODS:
       setattr(self, name, getattr(self, name))
@@ -83,6 +97,27 @@ class ScoreModel:
   def is_continuous(self) -> bool:
     """Whether the network takes σ (True) or a ladder index (False)."""
     return self._continuous
+
+  @property
+  def num_classes(self) -> int:
+    """C of a class-conditional network (its label ∅ is C); 0 when it takes no labels."""
+    return int(getattr(self.network, 'label_classes', 0) or 0)
+
+  def with_labels(self, labels) -> 'ScoreModel':
+    """The same network and ladder answering s(x, σ, y) for labels int32 [N] in [0, C].
+
+    C is the "no label" ∅ (the unconditional score). `labels` may be a
+    tensor or a tf.Variable (read at every call, so one traced sampler serves
+    new labels assigned between calls). Its N must match the x of each call.
+    """
+    return ScoreModel(self.network, self.sigmas, self._continuous, labels=labels)
+
+  def _call(self, x, noise):
+    """The network at x and a level index or σ, with this model's labels if any."""
+    if self.labels is None:
+      return tf.cast(self.network(x, noise), tf.float32)
+    labels = tf.cast(tf.convert_to_tensor(self.labels), tf.int32)
+    return tf.cast(self.network(x, noise, labels=labels), tf.float32)
 
   @property
   def num_scales(self) -> int:
@@ -119,8 +154,8 @@ class ScoreModel:
     """The score at ladder level i: x float32 [N, ...], sigma_index int32 [N] in [0, L)."""
     if self._continuous:
       sigma = tf.gather(tf.constant(self.sigmas), tf.cast(sigma_index, tf.int32))
-      return tf.cast(self.network(x, sigma), tf.float32)
-    return tf.cast(self.network(x, tf.cast(sigma_index, tf.int32)), tf.float32)
+      return self._call(x, sigma)
+    return self._call(x, tf.cast(sigma_index, tf.int32))
 
   def score_sigma(self, x, sigma):
     """∇_x log p_σ(x): x float32 [N, ...], sigma float32 [N] > 0 (data units).
@@ -129,8 +164,8 @@ class ScoreModel:
     """
     sigma = tf.cast(sigma, tf.float32)
     if self._continuous:
-      return tf.cast(self.network(x, sigma), tf.float32)
-    return tf.cast(self.network(x, self.sigma_to_index(sigma)), tf.float32)
+      return self._call(x, sigma)
+    return self._call(x, self.sigma_to_index(sigma))
 
   def score_t(self, x, t, sde):
     """∇_x log p_t(x) of `sde`'s marginal: score_σ(x/α(t), σ(t)) / α(t).

@@ -63,6 +63,7 @@ import numpy as np
 from keras import ops
 
 from ncsn_tf.models import preconditioning
+from ncsn_tf.models.mlp import label_or_null
 
 _PACKAGE = 'ncsn_tf'
 # GroupNorm groups: at most 8, at least 4 channels per group (ngf 16: 4 and 8 groups).
@@ -184,11 +185,18 @@ class ScoreUNet(keras.Model):
       output convolution) gives the exact score of Gaussian data N(centre, σ_d²).
     continuous: call with σ float32 [N] > 0 (data units) as the second
       argument in place of the level index (module docstring).
+    label_classes: C > 0 makes the network class-conditional (classifier-free
+      guidance, Ho & Salimans 2022): a learned label embedding of C + 1 rows
+      (row C = "no label" ∅) is added to the noise-level embedding, as
+      ADM adds its class embedding to the time embedding. 0 (the default)
+      builds no embedding: an unconditional network, checkpoints unchanged.
 
   Call:
     x: float32 [N, image_size, image_size, channels], in [0, 1] (or logits).
     sigma_index: int32 [N], values in [0, L); with `continuous`, the noise
       levels σ themselves, float32 [N] > 0.
+    labels: with label_classes > 0, optionally int32 [N] in [0, C] (C = ∅);
+      None = ∅ for every example, the unconditional score.
   Returns:
     float32 [N, image_size, image_size, channels]: the estimated score
     ∇_x log p_{σ_i}(x). Under a mixed policy the network computes in
@@ -198,7 +206,8 @@ class ScoreUNet(keras.Model):
   def __init__(self, ngf: int, sigmas, image_size: int, channels: int,
                channel_mults=(1, 2, 2, 2), num_res_blocks: int = 2,
                logit_transform: bool = False, scale_by_sigma: bool = True,
-               norm: str = 'group', sigma_data=None, continuous: bool = False, **kwargs):
+               norm: str = 'group', sigma_data=None, continuous: bool = False,
+               label_classes: int = 0, **kwargs):
     super().__init__(**kwargs)
     self.ngf = int(ngf)
     self.sigmas = [float(s) for s in sigmas]
@@ -211,6 +220,7 @@ class ScoreUNet(keras.Model):
     self.norm = norm
     self.sigma_data = None if sigma_data is None else float(sigma_data)
     self.continuous = bool(continuous)
+    self.label_classes = int(label_classes)
     if self.sigma_data is not None and (scale_by_sigma or not self.sigma_data > 0):
       raise ValueError(f'sigma_data={sigma_data} (EDM preconditioning) needs a positive '
                        f'value and scale_by_sigma=False: it scales the output itself')
@@ -247,6 +257,9 @@ class ScoreUNet(keras.Model):
     self.out_norm = _normalization(self.norm, self.ngf * self.channel_mults[0], 'out_norm')
     self.out_conv = _conv(self.channels, 3, 'out_conv', zero=True)
     self.pool = keras.layers.AveragePooling2D(2, name='pool')
+    if self.label_classes:
+      self.label_embedding = keras.layers.Embedding(self.label_classes + 1, embed_dim,
+                                                    name='label_embedding')
 
   def _block(self, width: int, name: str):
     return EmbeddedResidualBlock(width, norm=self.norm, name=name)
@@ -263,10 +276,15 @@ class ScoreUNet(keras.Model):
     features = ops.concatenate([ops.sin(phase), ops.cos(phase)], axis=-1)
     return ops.silu(self.embed_dense2(ops.silu(self.embed_dense1(features))))
 
-  def call(self, x, sigma_index, training=False):
+  def call(self, x, sigma_index, labels=None, training=False):
     del training  # No dropout or batch statistics: train and test are the same.
     sigma = self._level_sigma(sigma_index)
     embedding = self._embedding(sigma)
+    if self.label_classes:
+      embedding = embedding + ops.cast(
+          self.label_embedding(label_or_null(labels, sigma, self.label_classes)), embedding.dtype)
+    elif labels is not None:
+      raise ValueError('labels given to a network built without label_classes (not class-conditional)')
     if not self.logit_transform:
       x = 2.0 * x - 1.0
     if self.sigma_data is not None:
@@ -313,4 +331,5 @@ class ScoreUNet(keras.Model):
             'image_size': self.image_size, 'channels': self.channels,
             'channel_mults': self.channel_mults, 'num_res_blocks': self.num_res_blocks,
             'logit_transform': self.logit_transform, 'scale_by_sigma': self.scale_by_sigma,
-            'norm': self.norm, 'sigma_data': self.sigma_data, 'continuous': self.continuous}
+            'norm': self.norm, 'sigma_data': self.sigma_data, 'continuous': self.continuous,
+            'label_classes': self.label_classes}

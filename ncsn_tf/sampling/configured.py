@@ -121,23 +121,29 @@ class ConfiguredSampler:
       return uniform_initial_state(self.shape, num, seed, self.config.data)
     return self.sde.prior_sample(tf.concat([[num], tf.constant(self.shape, tf.int32)], 0), seed)
 
-  def run(self, x_init, chain_seed, num_snapshots: int = 0):
-    """The chain from x_init: (samples, trajectory or None, nfe int32 tensor)."""
+  def run(self, x_init, chain_seed, num_snapshots: int = 0, condition=None):
+    """The chain from x_init: (samples, trajectory or None, nfe int32 tensor).
+
+    condition: None, or a sampling.conditions.Condition (inpainting,
+    colourisation) of x_init's shape, which every sampler accepts.
+    """
     s = self.config.sampling
     if self.name == 'ald':
       out = langevin.annealed_langevin_dynamics(
-          self.score_model.score_index, x_init, self.sigmas, n_steps_each=s.n_steps_each,
+          self.score_model.score_index, x_init, self.sigmas, condition, n_steps_each=s.n_steps_each,
           step_lr=s.step_lr, seed=chain_seed, num_snapshots=num_snapshots, denoise=s.denoise)
       samples, trajectory = out if num_snapshots else (out, None)
       nfe = self.score_model.num_scales * s.n_steps_each + int(s.denoise)
       return samples, trajectory, tf.constant(nfe, tf.int32)
-    samples, nfe = self._sample(time_score_fn(self.score_model, self.sde), x_init, chain_seed)
+    samples, nfe = self._sample(time_score_fn(self.score_model, self.sde), x_init, chain_seed,
+                                condition=condition)
     return samples, None, nfe
 
-  def sample(self, num: int, seed, num_snapshots: int = 0):
+  def sample(self, num: int, seed, num_snapshots: int = 0, condition=None):
     seed = tf.cast(seed, tf.int32)
     x_init = self.initial_state(num, seed)
-    samples, trajectory, nfe = self.run(x_init, seed + tf.constant([0, 1000]), num_snapshots)
+    samples, trajectory, nfe = self.run(x_init, seed + tf.constant([0, 1000]), num_snapshots,
+                                        condition=condition)
     return samples, trajectory, nfe
 
 
@@ -145,10 +151,12 @@ _WRAPPED = weakref.WeakKeyDictionary()
 
 
 def as_score_model(model, sigmas):
-  """`model` if it is a ScoreModel, else a ladder network s(x, sigma_index) wrapped
+  """`model` if it is a ScoreModel (or answers like one: a guided model of
+  sampling/guidance.py), else a ladder network s(x, sigma_index) wrapped
   with its ladder, the same wrapper for the same network (trace reuse)."""
   from ncsn_tf.models.score_model import ScoreModel
-  if isinstance(model, ScoreModel):
+  if isinstance(model, ScoreModel) or all(
+      hasattr(model, name) for name in ('score_index', 'score_sigma', 'score_t')):
     return model
   if model not in _WRAPPED:
     _WRAPPED[model] = ScoreModel(model, sigmas, continuous=False)

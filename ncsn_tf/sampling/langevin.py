@@ -18,6 +18,8 @@ function of (x_init, seed).
 
 import tensorflow as tf
 
+from ncsn_tf.sampling import conditions
+
 
 def _step_noise(seed, t, shape):
   return tf.random.stateless_normal(shape, tf.random.experimental.stateless_fold_in(seed, t))
@@ -69,14 +71,19 @@ def langevin_dynamics(score_fn, x_init, *, step_size, n_steps, seed):
 
 
 @tf.function(reduce_retracing=True)
-def annealed_langevin_dynamics(score_fn, x_init, sigmas, *, n_steps_each, step_lr, seed,
-                               num_snapshots=0, denoise=False):
+def annealed_langevin_dynamics(score_fn, x_init, sigmas, condition=None, *, n_steps_each, step_lr,
+                               seed, num_snapshots=0, denoise=False):
   """Annealed Langevin dynamics: Algorithm 1 of the paper.
 
   Args:
     score_fn: (x [N, ...], sigma_index int32 [N]) -> score [N, ...].
     x_init: float32 [N, ...] starting points (the paper: uniform noise).
     sigmas: float32 [L], the ladder, index 0 largest.
+    condition: None, or a sampling.conditions.Condition (inpainting,
+      colourisation): before every move at level i its known coordinates are
+      replaced by the known values + σ_i z, z fresh (Algorithm 2, appendix B.3,
+      with fresh noise at every step), and once more at σ_L after the last
+      move; with denoise they end at the known values exactly.
     n_steps_each: T, Langevin steps per level (python int).
     step_lr: the base step ε (float); see the module docstring.
     seed: int32 [2] stateless seed.
@@ -93,6 +100,7 @@ def annealed_langevin_dynamics(score_fn, x_init, sigmas, *, n_steps_each, step_l
   x_init = tf.convert_to_tensor(x_init, tf.float32)
   sigmas = tf.cast(sigmas, tf.float32)
   seed = tf.cast(seed, tf.int32)
+  condition = conditions.prepare(condition, x_init)
   num_scales = tf.shape(sigmas)[0]
   total_steps = num_scales * n_steps_each
   step_sizes = langevin_step_size(step_lr, sigmas)
@@ -104,6 +112,8 @@ def annealed_langevin_dynamics(score_fn, x_init, sigmas, *, n_steps_each, step_l
     level = t // n_steps_each
     sigma_index = tf.fill([batch], level)
     eps = step_sizes[level]
+    if condition is not None:
+      x = condition.impose(x, 1.0, sigmas[level], conditions.replacement_noise(seed, t, x))
     z = _step_noise(seed, t, tf.shape(x))
     x = langevin_update(x, tf.cast(score_fn(x, sigma_index), tf.float32), eps, z)
     if num_snapshots:
@@ -114,9 +124,13 @@ def annealed_langevin_dynamics(score_fn, x_init, sigmas, *, n_steps_each, step_l
 
   _, x, trajectory = tf.while_loop(lambda t, x, tr: t < total_steps, body,
                                    (tf.constant(0), x_init, trajectory))
+  if condition is not None:
+    x = condition.impose(x, 1.0, sigmas[-1], conditions.replacement_noise(seed, total_steps, x))
   if denoise:
     last = tf.fill([batch], num_scales - 1)
     x = x + sigmas[-1]**2 * tf.cast(score_fn(x, last), tf.float32)
+    if condition is not None:  # Noise-free now: the known values themselves.
+      x = condition.impose(x, 1.0, 0.0, tf.zeros_like(x))
   if num_snapshots:
     stacked = trajectory.stack()
     # The final state is always the last snapshot (with denoising applied).

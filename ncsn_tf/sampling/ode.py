@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from ncsn_tf.noise import expand_to
+from ncsn_tf.sampling import conditions
 
 
 def ode_drift(score_fn, sde):
@@ -73,10 +74,13 @@ def solve_ode(drift_fn, x, t_start, t_end, rtol, atol):
 
 
 @tf.function(reduce_retracing=True)
-def _solve_probability_flow(score_fn, sde, x, t_start, t_end, rtol, atol):
+def _solve_probability_flow(score_fn, sde, x, t_start, t_end, rtol, atol, condition=None):
   # One trace per (score_fn, sde, direction): the drift closure is built
   # inside and the tolerances come in as tensors, so repeated calls with the
-  # same score_fn reuse the graph, at any tolerance.
+  # same score_fn reuse the graph, at any tolerance. A condition (a structure
+  # of tensors) enters the score here too, for the same reason.
+  if condition is not None:
+    score_fn = conditions.conditioned_flow_score(score_fn, sde, condition)
   return solve_ode(ode_drift(score_fn, sde), x, t_start, t_end, rtol, atol)
 
 
@@ -90,8 +94,8 @@ def _tweedie(score_fn, sde, x, t):
   return (x + expand_to(std**2, x) * score_fn(x, t)) / expand_to(sde.mean_coeff(t), x)
 
 
-def ode_sample(score_fn, sde, x_init, seed=None, *, rtol=1e-5, atol=1e-5, sampling_eps=None,
-               denoise=False):
+def ode_sample(score_fn, sde, x_init, seed=None, condition=None, *, rtol=1e-5, atol=1e-5,
+               sampling_eps=None, denoise=False):
   """Samples by integrating the probability-flow ODE from T to eps.
 
   Args:
@@ -99,6 +103,14 @@ def ode_sample(score_fn, sde, x_init, seed=None, *, rtol=1e-5, atol=1e-5, sampli
     sde: a noise.SDE.
     x_init: float32 [N, ...] prior draws at t = T.
     seed: unused (the ODE is deterministic); kept for the common sampler contract.
+    condition: None, or a sampling.conditions.Condition. The adaptive solver
+      cannot be stopped after each step to replace the known coordinates, so
+      the condition enters the drift (conditions.flow_score): the known
+      coordinates follow the probability-flow path α(t) known + std(t) z of the
+      known values, z read off x_init (the solve stays deterministic in
+      x_init), and the network's score moves the rest; at the end the known
+      coordinates are set to the path's end, removing the solver's error
+      (with denoise: the known values).
     rtol, atol: DormandPrince tolerances, > 0 (score_sde's defaults: 1e-5).
     sampling_eps: the end time in (0, 1); None: the SDE's default.
     denoise: finish with Tweedie's denoiser at eps (+1 NFE).
@@ -108,11 +120,22 @@ def ode_sample(score_fn, sde, x_init, seed=None, *, rtol=1e-5, atol=1e-5, sampli
   """
   del seed
   eps = check_settings(sde, rtol=rtol, atol=atol, sampling_eps=sampling_eps, denoise=denoise)
-  x, nfe = _solve_probability_flow(score_fn, sde, tf.convert_to_tensor(x_init, tf.float32), sde.T,
-                                   eps, *_tolerances(rtol, atol))
+  x_init = tf.convert_to_tensor(x_init, tf.float32)
+  condition = conditions.prepare(condition, x_init)
+  x, nfe = _solve_probability_flow(score_fn, sde, x_init, sde.T, eps, *_tolerances(rtol, atol),
+                                   condition)
+  if condition is not None:
+    batch = tf.shape(x)[0]
+    z = condition.path_noise(x_init, sde.mean_coeff(tf.fill([batch], sde.T)),
+                             sde.std(tf.fill([batch], sde.T)))
+    end = tf.fill([batch], eps)
+    x = condition.impose(x, sde.mean_coeff(end), sde.std(end), z)
+    score_fn = conditions.conditioned_flow_score(score_fn, sde, condition)
   if denoise:
     x = _tweedie(score_fn, sde, x, tf.fill([tf.shape(x)[0]], eps))
     nfe += 1
+    if condition is not None:  # Noise-free: the known values (Tweedie gives them up to round-off).
+      x = condition.impose(x, 1.0, 0.0, tf.zeros_like(x))
   return x, nfe
 
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from ncsn_tf import noise
 from ncsn_tf.noise import expand_to
+from ncsn_tf.sampling import conditions
 
 
 def _noise_like(x, seed):
@@ -113,8 +114,9 @@ def langevin(score_fn, sde, x, t, dt, seed, snr, num_steps):
   one ε for all: per example, a sample sitting on a mode (s ≈ 0) would take a
   huge step, and in low dimension ‖s‖ of one sample varies a lot (on the
   paper's 2-D mixture per-example steps moved the weight 0.2 to 0.32). The
-  price: the step depends on the batch, so a batch split over devices gets
-  slightly different steps per shard.
+  price: the step depends on the batch. On several devices the chain still
+  runs over the whole batch and only the score is split
+  (sampling/distributed.py), so the average is the whole batch's there too.
   """
   def step_size(score, z):
     ratio = tf.reduce_mean(_per_example_norm(z)) / tf.maximum(
@@ -174,8 +176,9 @@ def check_settings(sde, *, predictor, corrector, num_steps, corrector_steps, snr
   return sde.sampling_eps(sampling_eps)
 
 
-def pc_sample(score_fn, sde, x_init, seed, *, predictor='reverse_diffusion', corrector='langevin',
-              num_steps=1000, corrector_steps=1, snr=0.16, sampling_eps=None, denoise=True):
+def pc_sample(score_fn, sde, x_init, seed, condition=None, *, predictor='reverse_diffusion',
+              corrector='langevin', num_steps=1000, corrector_steps=1, snr=0.16, sampling_eps=None,
+              denoise=True):
   """Predictor-corrector sampling from T to eps.
 
   Args:
@@ -183,6 +186,11 @@ def pc_sample(score_fn, sde, x_init, seed, *, predictor='reverse_diffusion', cor
     sde: a noise.SDE.
     x_init: float32 [N, ...], draws from the prior (sde.prior_sample).
     seed: int32 [2] stateless seed.
+    condition: None, or a sampling.conditions.Condition: its known coordinates
+      are replaced by α(t) known + std(t) z, z fresh, at the start, after every
+      corrector move and after every predictor step (then at its new time), so
+      every score evaluation sees them at its own t; with denoise the returned
+      mean has them at α(eps) known (the known values for VE).
     predictor: a name in PREDICTORS.
     corrector: a name in CORRECTORS.
     num_steps: N >= 1 predictor steps.
@@ -201,29 +209,46 @@ def pc_sample(score_fn, sde, x_init, seed, *, predictor='reverse_diffusion', cor
   if corrector == 'none':
     corrector_steps = 0
   predictor_fn, predictor_nfe = PREDICTORS[predictor]
-  samples = _pc_loop(score_fn, sde, tf.convert_to_tensor(x_init, tf.float32), tf.cast(seed, tf.int32),
+  x_init = tf.convert_to_tensor(x_init, tf.float32)
+  samples = _pc_loop(score_fn, sde, x_init, tf.cast(seed, tf.int32),
                      predictor_fn, CORRECTORS[corrector], time_grid(sde, num_steps, eps),
-                     corrector_steps, float(snr), bool(denoise))
+                     corrector_steps, float(snr), bool(denoise), conditions.prepare(condition, x_init))
   return samples, tf.constant(num_steps * (predictor_nfe + corrector_steps), tf.int32)
 
 
 @tf.function(reduce_retracing=True)
 def _pc_loop(score_fn, sde, x_init, seed, predictor_fn, corrector_fn, grid, corrector_steps, snr,
-             denoise):
+             denoise, condition=None):
   """The whole chain in one graph: tf.while_loop over the grid's N steps."""
   grid = tf.convert_to_tensor(grid, tf.float32)
   num_steps = tf.shape(grid)[0] - 1
   batch = tf.shape(x_init)[0]
   fold_in = tf.random.experimental.stateless_fold_in
 
+  def impose(x, t, step):  # The condition's known coordinates at time t [N], fresh noise.
+    return condition.impose(x, sde.mean_coeff(t), sde.std(t),
+                            conditions.replacement_noise(seed, step, x))
+
   def body(i, x, x_mean):
     t = tf.fill([batch], grid[i])
     dt = grid[i] - grid[i + 1]
     step_seed = fold_in(seed, i)
-    x, x_mean = corrector_fn(score_fn, sde, x, t, dt, fold_in(step_seed, 1), snr, corrector_steps)
+    if condition is None:
+      x, x_mean = corrector_fn(score_fn, sde, x, t, dt, fold_in(step_seed, 1), snr, corrector_steps)
+    else:  # One move at a time, each followed by the replacement.
+      for j in range(corrector_steps):
+        x, x_mean = corrector_fn(score_fn, sde, x, t, dt, fold_in(fold_in(step_seed, 1), j), snr, 1)
+        x = impose(x, t, i * (corrector_steps + 1) + j)
     x, x_mean = predictor_fn(score_fn, sde, x, t, dt, fold_in(step_seed, 0))
+    if condition is not None:
+      x = impose(x, tf.fill([batch], grid[i + 1]), i * (corrector_steps + 1) + corrector_steps)
     return i + 1, x, x_mean
 
+  if condition is not None:
+    x_init = impose(x_init, tf.fill([batch], grid[0]), -1)
   _, x, x_mean = tf.while_loop(lambda i, x, x_mean: i < num_steps, body,
                                (tf.constant(0), x_init, x_init))
+  if condition is not None and denoise:  # The mean at eps: no noise on the known part either.
+    x_mean = condition.impose(x_mean, sde.mean_coeff(tf.fill([batch], grid[-1])), 0.0,
+                              tf.zeros_like(x_mean))
   return x_mean if denoise else x

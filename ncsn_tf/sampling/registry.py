@@ -2,13 +2,15 @@
 
 Every entry's `sample` follows one contract:
 
-    sample(score_fn, sde, x_init, seed, **settings) -> (samples [N, ...], nfe int32)
+    sample(score_fn, sde, x_init, seed, condition=None, **settings) -> (samples [N, ...], nfe int32)
 
 with score_fn(x [N, ...], t float32 [N]) the score of p_t, x_init prior
-draws, seed an int32 [2] stateless seed; its `check(sde, **settings)` raises a
-one-line ValueError on a bad setting without doing any work. `make_sampler`
+draws, seed an int32 [2] stateless seed, condition None or a
+sampling.conditions.Condition (inpainting, colourisation; not a setting: the
+settings are the keyword-only parameters); its `check(sde, **settings)` raises
+a one-line ValueError on a bad setting without doing any work. `make_sampler`
 binds the settings once (checked up front) and returns
-fn(score_fn, x_init, seed).
+fn(score_fn, x_init, seed, condition=None).
 
     sampler = make_sampler('pc', VESDE(0.01, 50), predictor='reverse_diffusion',
                            corrector='langevin', snr=0.16, num_steps=1000)
@@ -48,14 +50,15 @@ def check_ald(sde, *, ladder, n_steps_each, step_lr, denoise):
                      f'the SDE\'s noise levels')
 
 
-def ald_sample(score_fn, sde, x_init, seed, *, ladder=None, n_steps_each=100, step_lr=2e-5,
-               denoise=False):
+def ald_sample(score_fn, sde, x_init, seed, condition=None, *, ladder=None, n_steps_each=100,
+               step_lr=2e-5, denoise=False):
   """NCSN's annealed Langevin dynamics (sampling/langevin.py, unchanged) over a time score.
 
   The chain runs on the ladder in the VE picture y = x/α, y = data + σ noise:
   level i is time t_i = sde.t_of_sigma(σ_i), and its score is
   ∇_y log p_σi(y) = α(t_i) · score_fn(α(t_i) y, t_i) (α = 1 for VE, where this
   is score_fn(y, t_i) exactly). x_init is read as x at t_0 and scaled to y.
+  A `condition` (sampling/conditions.py) is imposed in y: known + σ_i z.
 
   Returns:
     (samples [N, ...], nfe int32 = L·n_steps_each, + 1 with denoise).
@@ -70,7 +73,7 @@ def ald_sample(score_fn, sde, x_init, seed, *, ladder=None, n_steps_each=100, st
 
   y_init = tf.convert_to_tensor(x_init, tf.float32) / alphas[0]
   samples = langevin.annealed_langevin_dynamics(
-      index_score_fn, y_init, ladder.sigmas, n_steps_each=n_steps_each, step_lr=step_lr,
+      index_score_fn, y_init, ladder.sigmas, condition, n_steps_each=n_steps_each, step_lr=step_lr,
       seed=seed, denoise=denoise)
   return samples, tf.constant(ladder.num_scales * n_steps_each + int(denoise), tf.int32)
 
@@ -125,7 +128,8 @@ def resolve_settings(name: str, sde, **settings) -> dict:
 
 
 def make_sampler(name: str, sde, **settings) -> Callable:
-  """fn(score_fn, x_init, seed) -> (samples, nfe) for sampler `name`, checked now."""
+  """fn(score_fn, x_init, seed, condition=None) -> (samples, nfe) for sampler `name`, checked now."""
   resolved = resolve_settings(name, sde, **settings)
   sample = get_sampler(name).sample
-  return lambda score_fn, x_init, seed: sample(score_fn, sde, x_init, seed, **resolved)
+  return lambda score_fn, x_init, seed, condition=None: sample(score_fn, sde, x_init, seed,
+                                                               condition, **resolved)
