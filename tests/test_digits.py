@@ -244,13 +244,13 @@ def test_the_digits_flagfile_trains_judges_both_sample_sets_and_exports(tmp_path
   from test_cli import run_cli
   workdir, export_dir = tmp_path / 'run', tmp_path / 'export'
   result = run_cli(f'--flagfile={REPO_ROOT}/tf_configs/digits.cfg', f'--workdir={workdir}',
-                   f'--export_dir={export_dir}', '--ngf=4', '--batch_size=8', '--train_steps=2',
+                   f'--export_dir={export_dir}', '--ngf=4', '--image_size=8', '--batch_size=8', '--train_steps=2',
                    '--train_minutes=0', '--snapshot_freq=2', '--log_freq=1', '--heldout_batches=1',
                    '--sampling_steps=2', '--num_samples=20', '--sample_batch_size=20')
   assert result.returncode == 0, result.stderr[-3000:]
   plain = np.load(workdir / 'samples' / 'samples.npz')
   guided = np.load(workdir / 'samples_guided' / 'samples.npz')
-  assert plain['samples'].shape == guided['samples'].shape == (20, 16, 16, 1)
+  assert plain['samples'].shape == guided['samples'].shape == (20, 8, 8, 1)
   assert 'labels' not in plain.files and guided['labels'].tolist() == sorted(list(range(10)) * 2)
   for name in ('samples', 'samples_guided'):
     judged = json.loads((workdir / name / 'digit_judgement.json').read_text())

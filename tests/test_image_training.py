@@ -123,6 +123,10 @@ print(sorted(loaded.signatures.keys()))
 """
 
 
+# 112 s in make test. Covered by tests/test_digits.py (tf_configs/digits.cfg through
+# run.py: training, sampling, judging, export), tests/test_conditions.py (--mode=inpaint)
+# and tests/test_serving.py (the shapes export through both loaders).
+@pytest.mark.slow
 def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
   workdir, export_dir = tmp_path / 'run', tmp_path / 'export'
   common = [f'--flagfile={REPO_ROOT}/tf_configs/shapes.cfg', f'--workdir={workdir}',
