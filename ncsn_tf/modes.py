@@ -32,7 +32,7 @@ from ncsn_tf.sampling import inpainting
 
 def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, seed: int,
                  show_progress: bool = True, return_nfe: bool = False, strategy=None,
-                 cross_worker: bool = False):
+                 cross_worker: bool = False, before_batch=None):
   """Samples from the learned score with --sampler, in batches of --sample_batch_size.
 
   score_model: a ScoreModel, or a ladder network s(x, sigma_index) (wrapped
@@ -44,6 +44,9 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
   cross_worker (every worker of a multi-worker strategy calls this), the
   batches over its workers. The samples are one device's up to float32
   round-off: the seeds above do not depend on the devices.
+
+  before_batch: None, or fn(start, size) called before batch k (rows
+  [start, start + size)) is drawn: guidance assigns that batch's labels.
 
   Returns (samples [num, *shape], trajectory [K, num, *shape]): annealed
   Langevin keeps --num_snapshots states; the SDE samplers keep only the last
@@ -60,6 +63,8 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
   sizes = [min(s.sample_batch_size, num - start) for start in range(0, num, s.sample_batch_size)]
 
   def draw(k):
+    if before_batch is not None:
+      before_batch(k * s.sample_batch_size, sizes[k])
     samples, trajectory, nfe = sampler.sample(sizes[k], tf.constant([seed, k], tf.int32),
                                               num_snapshots=s.num_snapshots)
     samples = samples.numpy()

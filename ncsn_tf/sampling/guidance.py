@@ -234,28 +234,14 @@ def draw_guided_samples(config: config_lib.Config, score_model: ScoreModel, labe
   one tf.Variable that the guided model reads, so every batch reuses one
   traced sampler. Returns (samples [M, *shape], trajectory [K, M, *shape]).
   """
-  from ncsn_tf import data as data_lib
-  from ncsn_tf.progress import Progress
-  from ncsn_tf.sampling import configured
-  s = config.sampling
+  from ncsn_tf import modes
   labels = np.asarray(labels, np.int32).reshape(-1)
   label_var = tf.Variable(labels[:0], shape=tf.TensorShape([None]), trainable=False,
                           name='guidance_labels')
-  guided = guided_score_model(s.guidance, score_model, label_var, float(s.guidance_scale),
-                              classifier=classifier)
-  sampler = configured.ConfiguredSampler(config, guided, data_lib.data_shape(config.data))
-  outputs, trajectories = [], []
-  progress = Progress('sample', len(labels)) if show_progress else None
-  for batch_index, start in enumerate(range(0, len(labels), s.sample_batch_size)):
-    batch_labels = labels[start:start + s.sample_batch_size]
-    label_var.assign(batch_labels)
-    samples, trajectory, _ = sampler.sample(len(batch_labels),
-                                            tf.constant([seed, batch_index], tf.int32),
-                                            num_snapshots=s.num_snapshots)
-    outputs.append(samples.numpy())
-    trajectories.append(samples.numpy()[None] if trajectory is None else trajectory.numpy())
-    if progress:
-      progress.update(start + len(batch_labels))
-  if progress:
-    progress.close()
-  return np.concatenate(outputs), np.concatenate(trajectories, axis=1)
+  guided = guided_score_model(config.sampling.guidance, score_model, label_var,
+                              float(config.sampling.guidance_scale), classifier=classifier)
+  # modes.draw_samples' batches, seeds and trajectories; each batch first gets its labels.
+  return modes.draw_samples(config, guided, score_model.sigmas, num=len(labels), seed=seed,
+                            show_progress=show_progress,
+                            before_batch=lambda start, size: label_var.assign(
+                                labels[start:start + size]))
