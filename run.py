@@ -28,7 +28,7 @@ from absl import app  # noqa: E402
 from absl import logging  # noqa: E402
 
 from ncsn_tf import config as config_lib  # noqa: E402
-from ncsn_tf import flags as ncsn_flags  # noqa: E402
+from ncsn_tf.config import flags as ncsn_flags  # noqa: E402
 
 # A C++ log line (absl/TSL format: severity, date, time, thread, file:line]) or
 # absl's notice that logging is not initialised yet.
@@ -85,11 +85,12 @@ def main(argv):
     return 2
   # Imported late: TensorFlow loads only for valid configs.
   with _quiet_native_startup(QUIET):
-    from ncsn_tf import train_lib
+    from ncsn_tf.runtime import devices
+    from ncsn_tf.training import loop as train_loop
     if config.train.num_cpu_replicas > 1:
       # Logical devices must exist before TensorFlow touches the CPU.
-      train_lib.configure_cpu_replicas(config.train.num_cpu_replicas)
-    from ncsn_tf import modes
+      devices.configure_cpu_replicas(config.train.num_cpu_replicas)
+    from ncsn_tf.cli import modes
   if QUIET:  # TensorFlow's Python INFO logs too; its warnings still show.
     import tensorflow as tf
     tf.get_logger().setLevel(std_logging.WARNING)
@@ -100,10 +101,10 @@ def main(argv):
   except config_lib.ConfigError as e:  # e.g. a workdir of a different configuration
     print(f'error: {e}', file=sys.stderr)
     return 2
-  except train_lib.TrainingInterrupted as e:  # SIGTERM/SIGINT: saved, resumable
+  except train_loop.TrainingInterrupted as e:  # SIGTERM/SIGINT: saved, resumable
     print(f'stopped: {e}', file=sys.stderr)
     return 128 + int(e.signum)
-  except (FileNotFoundError, train_lib.NonFiniteLossError) as e:
+  except (FileNotFoundError, train_loop.NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

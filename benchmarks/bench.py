@@ -107,11 +107,13 @@ def forward_flops(model, image_size: int, channels: int) -> float:
 
 def run_ours(case: Case, warmup: int, reps: int, steps_per_call: int) -> dict:
   import tensorflow as tf
+
   from ncsn_tf import config as config_lib
-  from ncsn_tf import models
-  from ncsn_tf import precision
-  from ncsn_tf import train_lib
+  from ncsn_tf.models import registry as networks
+  from ncsn_tf.runtime import checkpoints
+  from ncsn_tf.runtime import precision
   from ncsn_tf.sampling import langevin
+  from ncsn_tf.training import step as train_step
 
   spec = MODELS[case.model]
   config = config_lib.Config(workdir='/tmp/ncsn_bench').replace(
@@ -124,9 +126,9 @@ def run_ours(case: Case, warmup: int, reps: int, steps_per_call: int) -> dict:
   x = tf.random.stateless_uniform((case.batch,) + shape, seed=[0, 1])
   if case.mode == 'train':
     strategy = tf.distribute.get_strategy()
-    state = train_lib.create_state(config, strategy)
+    state = checkpoints.create_state(config, strategy)
     iterator = iter(tf.data.Dataset.from_tensors(x).repeat())
-    chunk = train_lib.make_train_chunk(config, strategy, state)
+    chunk = train_step.make_train_chunk(config, strategy, state)
     num_steps = tf.constant(steps_per_call)
 
     def step():
@@ -136,8 +138,8 @@ def run_ours(case: Case, warmup: int, reps: int, steps_per_call: int) -> dict:
   else:
     policy = precision.resolve(case.precision, 'refinenet')
     with precision.policy_scope(policy):
-      model = models.build_model(config, shape)
-    sigmas = train_lib.ladder(config)[:1]  # one level: each call runs `steps_per_call` steps
+      model = networks.build_model(config, shape)
+    sigmas = checkpoints.ladder(config)[:1]  # one level: each call runs `steps_per_call` steps
 
     def score_fn(xx, ii):
       return model(xx, ii)
@@ -317,8 +319,8 @@ def main(argv=None):
   if ref_note:
     print(f'reference not available: {ref_note}', flush=True)
   sys.path.insert(0, ROOT)
-  from ncsn_tf import precision as precision_lib
-  default_precision = precision_lib.resolve('auto', 'refinenet')
+  from ncsn_tf.runtime import precision
+  default_precision = precision.resolve('auto', 'refinenet')
   precisions = args.precisions.split(',')
 
   started = datetime.datetime.now().isoformat(timespec='seconds')

@@ -28,11 +28,11 @@ CONFIGS = {'toy': ('tf_configs/toy_gmm.cfg', 20000, 100),
 
 CHILD = """
 import sys
-from ncsn_tf import flags as ncsn_flags
-from ncsn_tf import train_lib
+from ncsn_tf.config import flags as ncsn_flags
+from ncsn_tf.training import loop as train_loop
 argv = sys.argv
 ncsn_flags.FLAGS(argv)
-train_lib.train(ncsn_flags.build_config(argv))
+train_loop.train(ncsn_flags.build_config(argv))
 """
 
 
@@ -48,8 +48,8 @@ def rss_mib(pid: int) -> float | None:
 
 
 def read_steps_per_sec(logdir: str) -> list[tuple[int, float]]:
-  from tensorboard.backend.event_processing import event_accumulator
   import tensorflow as tf
+  from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
   acc.Reload()
   return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors('steps_per_sec')]

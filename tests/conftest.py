@@ -8,10 +8,12 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ncsn_tf import train_lib  # noqa: E402
+from ncsn_tf.runtime import devices
+
+  # noqa: E402
 
 # Must happen before any test touches a device.
-train_lib.configure_cpu_replicas(2)
+devices.configure_cpu_replicas(2)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,14 +15,16 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
-
 from conftest import REPO_ROOT
-from ncsn_tf import config as config_lib
-from ncsn_tf import export
-from ncsn_tf import train_lib
-from ncsn_tf.data import images
+from PIL import Image
 from test_train_lib import tiny_config
+
+from ncsn_tf import config as config_lib
+from ncsn_tf.data import images
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.runtime import devices
+from ncsn_tf.serving import export as export_lib
+from ncsn_tf.training import loop as train_loop
 
 IS_ROOT = hasattr(os, 'geteuid') and os.geteuid() == 0
 
@@ -156,7 +158,7 @@ def test_cli_refuses_to_resume_a_different_model_and_loses_nothing(tmp_path):
       name='default', workdir=str(workdir), model=config_lib.ModelConfig(ngf=8, num_layers=1),
       train=config_lib.TrainConfig(batch_size=8, train_steps=2, heldout_batches=0),
       export=config_lib.ExportConfig(str(export_dir))))
-  train_lib.train(config)
+  train_loop.train(config)
   before = {name: os.path.getmtime(workdir / name) for name in ('config.json', 'checkpoints')}
   result = run_cli(f'--workdir={workdir}', f'--export_dir={export_dir}', '--ngf=16',
                    '--num_layers=1', '--batch_size=8', '--train_steps=4', '--heldout_batches=0')
@@ -245,8 +247,8 @@ def test_a_folder_of_mostly_bad_files_is_an_error_that_says_so(tmp_path):
 def loaded_toy_model(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('export')
   config = tiny_config(tmp_path / 'run', train_steps=0)
-  state = train_lib.create_state(config, train_lib.make_strategy())
-  path = export.export(state.ema_model, config, state.sigmas)
+  state = checkpoints.create_state(config, devices.make_strategy())
+  path = export_lib.export(state.ema_model, config, state.sigmas)
   return tf.saved_model.load(path)
 
 

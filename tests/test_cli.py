@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 TOY = os.path.join(REPO_ROOT, 'tf_configs', 'toy_gmm.cfg')

@@ -11,15 +11,15 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_image_training import config_from_flagfile
 
 from ncsn_tf import config as config_lib
-from ncsn_tf import modes
 from ncsn_tf import noise
-from ncsn_tf import train_lib
+from ncsn_tf.cli import modes
+from ncsn_tf.runtime import checkpoints
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import inpainting
 from ncsn_tf.sampling import registry
-from test_image_training import config_from_flagfile
 
 SQRT3 = np.sqrt(3.0)
 
@@ -292,11 +292,6 @@ def test_colorize_refuses_one_channel_data_and_logits_in_one_line(tmp_path, grou
   assert expected in str(info.value) and '\n' not in str(info.value)
 
 
-def test_grey_datasets_are_the_one_channel_datasets():
-  from ncsn_tf.data import images
-  assert set(config_lib.GREY_DATASETS) == {k for k, c in images.CHANNELS.items() if c == 1}
-
-
 def test_colorize_and_inpaint_modes_run_through_the_configured_sampler(tmp_path):
   """--mode=colorize with Heun and --mode=inpaint with PC on an untrained continuous
   U-Net: the files, the known grey axis and pixels kept, the baseline's error as
@@ -304,7 +299,7 @@ def test_colorize_and_inpaint_modes_run_through_the_configured_sampler(tmp_path)
   config = config_from_flagfile(
       'shapes_sde', '--ngf=4', '--image_size=16', '--sampling_steps=2', '--num_inpaint_images=2',
       '--inpaint_completions=2', f'--workdir={tmp_path}/run')
-  state = train_lib.create_state(config, tf.distribute.get_strategy())
+  state = checkpoints.create_state(config, tf.distribute.get_strategy())
   result = modes.run_colorize(config, state)
   out_dir = tmp_path / 'run' / 'colorization'
   assert {'colorization.png', 'colorization.npz', 'colorization.json'} <= set(os.listdir(out_dir))

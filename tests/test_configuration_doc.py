@@ -7,11 +7,11 @@ import re
 
 import pytest
 from absl import flags
-
 from conftest import REPO_ROOT
+
 from ncsn_tf import config as config_lib
-from ncsn_tf import configuration_doc
-from ncsn_tf import flags as ncsn_flags
+from ncsn_tf.config import docs as configuration_doc
+from ncsn_tf.config import flags as ncsn_flags
 
 # Every flag as ncsn_tf/flags.py defined it by hand before the flags were made
 # from the Config fields (read from that version of the file): name, kind, default.

@@ -1,18 +1,17 @@
 """The scikit-learn digits (ncsn_tf/data/digits.py) and labels through the image pipeline."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
 from conftest import REPO_ROOT
+
 from ncsn_tf import config as config_lib
-from ncsn_tf import data as data_lib
 from ncsn_tf.data import digits
 from ncsn_tf.data import images
+from ncsn_tf.data import pipeline as data_lib
 from ncsn_tf.data import shapes
 
 # Pixel k/255 is dequantised to k/256 + u/256, u in [0, 1): within 1/256 of k/255

@@ -19,18 +19,19 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO_ROOT
-from ncsn_tf import evaluation
-from ncsn_tf import experiments_sde
-from ncsn_tf import modes
-from ncsn_tf import train_lib
-from ncsn_tf.data import toy
-from ncsn_tf.models.score_model import ScoreModel
-from ncsn_tf.sampling import configured
-from ncsn_tf.sampling import distributed
-from ncsn_tf.sampling import langevin
 from test_image_training import config_from_flagfile
+
+from ncsn_tf.cli import modes
+from ncsn_tf.data import toy
+from ncsn_tf.evaluation import images as image_eval
+from ncsn_tf.lab import sde_samplers as experiments_sde
+from ncsn_tf.models.score_model import ScoreModel
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.runtime import devices
+from ncsn_tf.sampling import distributed
+from ncsn_tf.sampling import draw
+from ncsn_tf.sampling import langevin
 
 ATOL = 2e-5
 #: A continuous VE toy (tf_configs/toy_gmm_sde.cfg) with a tiny network, split over 2 CPUs.
@@ -45,15 +46,15 @@ def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('distributed')
   config = config_from_flagfile('toy_gmm_sde', f'--workdir={workdir}', *TINY)
   strategy = distributed.sampling_strategy(config)
-  state = train_lib.create_state(config, strategy)
-  train_lib.write_config_json(config)
-  state.checkpoint().save(os.path.join(train_lib.checkpoint_dir(config), 'ckpt'))
+  state = checkpoints.create_state(config, strategy)
+  checkpoints.write_config_json(config)
+  state.checkpoint().save(os.path.join(checkpoints.checkpoint_dir(config), 'ckpt'))
   return config, strategy, state
 
 
 def test_the_runs_strategy_is_trainings_and_the_score_lands_on_both_devices_in_row_order(run):
   config, strategy, state = run
-  assert strategy is train_lib.make_strategy(2, 'auto')  # The object training uses.
+  assert strategy is devices.make_strategy(2, 'auto')  # The object training uses.
   assert isinstance(strategy, tf.distribute.MirroredStrategy)
   assert distributed.local_replicas(strategy) == 2
   assert distributed.worker_layout(strategy) == (0, 1)
@@ -93,7 +94,7 @@ def test_a_model_with_per_example_labels_is_not_split(run):
 def exact(run):
   config, strategy, _ = run
   dist = toy.get_toy(config.data.dataset)
-  model = ScoreModel(experiments_sde.exact_network(dist), train_lib.ladder(config), continuous=True)
+  model = ScoreModel(experiments_sde.exact_network(dist), checkpoints.ladder(config), continuous=True)
   return model, distributed.shard(model, strategy)
 
 
@@ -136,10 +137,10 @@ def test_draw_samples_and_sample_mode_on_the_mirrored_strategy(run):
   config, strategy, state = run
   for name in ('ald', 'heun'):
     settings = config.replace(sampling={'sampler': name, 'sampling_steps': 6})
-    draw = lambda **kw: modes.draw_samples(settings, state.score_model, state.sigmas, num=11,
+    sample = lambda **kw: draw.draw_samples(settings, state.score_model, state.sigmas, num=11,
                                            seed=3, show_progress=False, return_nfe=True, **kw)
-    samples, trajectory, nfe = draw()
-    samples_2, trajectory_2, nfe_2 = draw(strategy=strategy)
+    samples, trajectory, nfe = sample()
+    samples_2, trajectory_2, nfe_2 = sample(strategy=strategy)
     assert samples_2.shape == (11, 2) and nfe_2 == nfe
     np.testing.assert_allclose(samples_2, samples, atol=ATOL, rtol=0)
     np.testing.assert_allclose(trajectory_2, trajectory, atol=ATOL, rtol=0)
@@ -147,13 +148,13 @@ def test_draw_samples_and_sample_mode_on_the_mirrored_strategy(run):
       ald_samples = samples_2
   # Snapshots reuse the split sampler's trace (shard returns the same object).
   traces = langevin.annealed_langevin_dynamics.experimental_get_tracing_count()
-  again = modes.draw_samples(config, state.score_model, state.sigmas, num=11, seed=4,
+  again = draw.draw_samples(config, state.score_model, state.sigmas, num=11, seed=4,
                              show_progress=False, strategy=strategy)[0]
   assert langevin.annealed_langevin_dynamics.experimental_get_tracing_count() == traces
   assert not np.allclose(again, ald_samples)
   # The evaluator's batches (--mode=eval's FID samples), 11 in full batches of 4, cut.
   ev_config = config.replace(eval={'batch_size': 4})
-  one, two = (list(evaluation.ImageEvaluator(ev_config, state.score_model, state.sigmas, None,
+  one, two = (list(image_eval.ImageEvaluator(ev_config, state.score_model, state.sigmas, None,
                                              strategy=s)._sample_batches(11))
               for s in (None, strategy))
   assert [len(b) for b in two] == [4, 4, 3]
@@ -161,7 +162,7 @@ def test_draw_samples_and_sample_mode_on_the_mirrored_strategy(run):
   # --mode=sample: restore_for_inference(config, the run's strategy), draw, write.
   out_dir = modes.run_sample(config.replace(mode='sample'))
   with np.load(os.path.join(out_dir, 'samples.npz')) as written:
-    reference = modes.draw_samples(config, state.score_model, state.sigmas, num=11,
+    reference = draw.draw_samples(config, state.score_model, state.sigmas, num=11,
                                    seed=config.seed, show_progress=False)
     np.testing.assert_allclose(written['samples'], reference[0], atol=ATOL, rtol=0)
     assert written['trajectory'].shape == (2, 11, 2)
@@ -241,7 +242,8 @@ def test_two_workers_draw_alternate_batches_and_both_see_all_in_order():
 WORKER = """
 import json, os, sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-from ncsn_tf import config as config_lib, modes
+from ncsn_tf import config as config_lib
+from ncsn_tf.cli import modes
 config = config_lib.Config.from_dict(json.loads(sys.argv[1]))
 config = config_lib.validate(config.replace(mode='sample', train={'strategy': 'multi_worker',
                                                                   'num_cpu_replicas': 0}))
@@ -262,7 +264,7 @@ def test_two_workers_split_the_batches_and_the_chief_writes_one_devices_samples(
   from test_multi_worker import _free_ports
   config, _, state = run
   out_dir = os.path.join(config.workdir, 'samples')
-  reference = modes.draw_samples(config, state.score_model, state.sigmas, num=11, seed=config.seed,
+  reference = draw.draw_samples(config, state.score_model, state.sigmas, num=11, seed=config.seed,
                                  show_progress=False)
   if os.path.exists(out_dir):
     os.rename(out_dir, str(tmp_path / 'before'))

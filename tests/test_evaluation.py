@@ -15,15 +15,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO_ROOT
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO_ROOT
 from ncsn_tf import config as config_lib
-from ncsn_tf import evaluation
-from ncsn_tf import modes
-from ncsn_tf import train_lib
+from ncsn_tf.cli import modes
 from ncsn_tf.data import shapes
+from ncsn_tf.evaluation import images as image_eval
 from ncsn_tf.metrics import image as image_metrics
+from ncsn_tf.training import loop as train_loop
 
 EVAL_SAMPLES = 16
 REFERENCE_IMAGES = 64
@@ -51,7 +51,7 @@ def swept_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('shapes_eval')
   config = tiny_shapes_config(workdir)
   # No held-out loss while training (one trace less): the eval computes it.
-  train_lib.train(config.replace(mode='train', train={'heldout_batches': 0}))
+  train_loop.train(config.replace(mode='train', train={'heldout_batches': 0}))
   returned = modes.run_eval(config)
   return config, returned
 
@@ -122,7 +122,7 @@ def test_reference_statistics_match_numpy_on_the_same_images(swept_run):
     mu, sigma, features = data['mu'], data['sigma'], data['features']
     assert str(data['extractor']) == 'tiny_random_inception(seed=0)'
   images = shapes.shapes_split_images('train', image_size=16)[:REFERENCE_IMAGES] / 255.0
-  extractor = evaluation.build_extractor(config.eval)
+  extractor = image_eval.build_extractor(config.eval)
   expected_features, _ = extractor(images.astype(np.float32))
   np.testing.assert_allclose(features, expected_features, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(mu, expected_features.astype(np.float64).mean(0), rtol=1e-4, atol=1e-6)
@@ -141,7 +141,7 @@ def test_reference_statistics_match_numpy_on_the_same_images(swept_run):
 
 def test_checkpoint_selection(swept_run):
   config, _ = swept_run
-  pick = lambda which: sorted(evaluation.select_checkpoints(  # noqa: E731
+  pick = lambda which: sorted(image_eval.select_checkpoints(  # noqa: E731
       config.replace(eval={'checkpoints': which})))
   assert pick('all') == [1, 2]
   assert pick('latest') == [2]
@@ -149,7 +149,7 @@ def test_checkpoint_selection(swept_run):
   with pytest.raises(FileNotFoundError, match=r'no checkpoint for step\(s\) \[3\].*kept: \[1, 2\]'):
     pick('3')
   with pytest.raises(FileNotFoundError, match='no checkpoint in'):
-    evaluation.select_checkpoints(config.replace(workdir=config.workdir + '_none'))
+    image_eval.select_checkpoints(config.replace(workdir=config.workdir + '_none'))
 
 
 class _Named:
@@ -163,16 +163,16 @@ def test_reference_files_from_another_network_are_refused(tmp_path):
   ttur = image_metrics.save_statistics(tmp_path / 'fid_stats_ttur.npz', mu, sigma)
   ours = image_metrics.save_statistics(tmp_path / 'ours.npz', mu, sigma, extractor='tiny')
   # A TTUR file (no extractor entry) is FID-Inception statistics.
-  loaded = evaluation.load_reference(ttur, _Named('fid_inception_2015'))
+  loaded = image_eval.load_reference(ttur, _Named('fid_inception_2015'))
   np.testing.assert_array_equal(loaded.mu, mu)
   assert loaded.features is None and loaded.info['extractor'] is None
   with pytest.raises(ValueError, match='TTUR statistics file.*uses keras_inception_v3'):
-    evaluation.load_reference(ttur, _Named('keras_inception_v3'))
+    image_eval.load_reference(ttur, _Named('keras_inception_v3'))
   with pytest.raises(ValueError, match='holds statistics of tiny features'):
-    evaluation.load_reference(ours, _Named('fid_inception_2015'))
+    image_eval.load_reference(ours, _Named('fid_inception_2015'))
   config = tiny_shapes_config(tmp_path / 'w', reference_stats=str(tmp_path / 'missing.npz'))
   with pytest.raises(FileNotFoundError, match='--reference_stats file not found.*--mode=stats'):
-    evaluation.reference_for(config, _Named('tiny'))
+    image_eval.reference_for(config, _Named('tiny'))
 
 
 @pytest.mark.parametrize('flags,expected', [
@@ -203,7 +203,7 @@ def test_toy_sweep_keeps_exact_metrics_per_checkpoint(tmp_path):
       sampling=config_lib.SamplingConfig(n_steps_each=2, num_samples=64),
       eval=config_lib.EvalConfig(checkpoints='all'),
       export=config_lib.ExportConfig(str(tmp_path) + '_export')))
-  train_lib.train(config.replace(mode='train'))
+  train_loop.train(config.replace(mode='train'))
   modes.run_eval(config)
   metrics = json.loads((tmp_path / 'metrics.json').read_text())
   # The keys the demo test reads stay at the top level (latest checkpoint).

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from ncsn_tf import config as config_lib
-from ncsn_tf import experiments
 from ncsn_tf import losses
+from ncsn_tf.lab import experiments
 
 
 def _tiny(workdir, dataset='gmm', experiment='all'):
@@ -55,13 +55,13 @@ def test_lab_on_the_banana_uses_the_monte_carlo_perturbed_score(tmp_path, monkey
 
 
 def test_single_sigma_objectives_get_an_unconditional_network(tmp_path):
-  from ncsn_tf import models
+  from ncsn_tf.models import registry as networks
   lab = experiments.Lab(_tiny(tmp_path))
   for loss in losses.SINGLE_SIGMA_LOSSES:
     config = lab.objective_config(loss)
     assert config.model.num_scales == 1 and config.model.sigma_begin == experiments.DSM_SIGMA
-    assert type(models.build_model(config, (2,))).__name__ == 'ScoreMLP'
-  assert type(models.build_model(lab.objective_config('anneal_ssm'), (2,))).__name__ == \
+    assert type(networks.build_model(config, (2,))).__name__ == 'ScoreMLP'
+  assert type(networks.build_model(lab.objective_config('anneal_ssm'), (2,))).__name__ == \
       'NoiseConditionalMLP'
 
 

@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-
-from ncsn_tf import export
-from ncsn_tf import train_lib
-from ncsn_tf.sampling import langevin
 from test_train_lib import tiny_config
+
+from ncsn_tf.sampling import langevin
+from ncsn_tf.serving import export as export_lib
+from ncsn_tf.serving import module as serving_module
+from ncsn_tf.training import loop as train_loop
 
 RELOAD_SCRIPT = """
 import json, sys
@@ -31,12 +32,12 @@ print(json.dumps(sorted(loaded.signatures.keys())))
 
 def _trained(tmp_path):
   config = tiny_config(tmp_path / 'run', train_steps=20)
-  return config, train_lib.train(config)
+  return config, train_loop.train(config)
 
 
 def test_export_reloads_in_a_fresh_process_and_matches_the_live_model(tmp_path):
   config, state = _trained(tmp_path)
-  path = export.export(state.ema_model, config, state.sigmas)
+  path = export_lib.export(state.ema_model, config, state.sigmas)
   assert os.path.basename(path) == '1'
   x = np.random.default_rng(0).normal(scale=5, size=(9, 2)).astype(np.float32)
   np.save(tmp_path / 'x.npy', x)
@@ -51,7 +52,7 @@ def test_export_reloads_in_a_fresh_process_and_matches_the_live_model(tmp_path):
   np.testing.assert_allclose(got['sigmas'], state.sigmas)
   # `sample` is annealed Langevin at the config's settings from the seed:
   # reproduce it in-process with the documented seed derivation.
-  x_init = export.initial_state((2,), tf.constant(7), tf.constant([3, 0]), config.data)
+  x_init = serving_module.initial_state((2,), tf.constant(7), tf.constant([3, 0]), config.data)
   expected = langevin.annealed_langevin_dynamics(
       lambda v, i: state.ema_model(v, i), x_init, state.sigmas,
       n_steps_each=config.sampling.n_steps_each, step_lr=config.sampling.step_lr, seed=[3, 1])
@@ -61,15 +62,15 @@ def test_export_reloads_in_a_fresh_process_and_matches_the_live_model(tmp_path):
 
 def test_versions_increase_and_leave_no_temporary_directories(tmp_path):
   config, state = _trained(tmp_path)
-  first = export.export(state.ema_model, config, state.sigmas)
-  second = export.export(state.ema_model, config, state.sigmas)
+  first = export_lib.export(state.ema_model, config, state.sigmas)
+  second = export_lib.export(state.ema_model, config, state.sigmas)
   assert [os.path.basename(first), os.path.basename(second)] == ['1', '2']
   assert sorted(os.listdir(config.export.export_dir)) == ['1', '2']
 
 
 def test_sample_signature_is_deterministic_in_the_seed(tmp_path):
   config, state = _trained(tmp_path)
-  module = export.ScoreModule(state.ema_model, config, state.sigmas)
+  module = serving_module.ScoreModule(state.ema_model, config, state.sigmas)
   a = module.sample(tf.constant(4), tf.constant(1))['samples']
   b = module.sample(tf.constant(4), tf.constant(1))['samples']
   c = module.sample(tf.constant(4), tf.constant(2))['samples']

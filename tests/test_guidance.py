@@ -456,9 +456,9 @@ def test_the_classifier_loss_is_the_cross_entropy_at_continuous_dsm_noise():
 
 
 def test_accuracy_buckets_weight_levels_by_their_examples():
-  from ncsn_tf import train_lib
+  from ncsn_tf.training import heldout
   sigmas = np.geomspace(10, 0.1, 4)
-  buckets = train_lib.accuracy_buckets(np.array([1.0, np.nan, 0.5, 0.0]),
+  buckets = heldout.accuracy_buckets(np.array([1.0, np.nan, 0.5, 0.0]),
                                        np.array([2, 0, 4, 4]), sigmas, num_buckets=2)
   assert buckets == [(10.0, sigmas[1], 1.0, 2), (sigmas[2], 0.1, 0.25, 8)]
 
@@ -483,11 +483,11 @@ def _digits_config(workdir, *overrides, **train):
 
 @pytest.fixture(scope='module')
 def trained_classifier(tmp_path_factory):
-  from ncsn_tf import train_lib
+  from ncsn_tf.training import loop as train_loop
   # MirroredStrategy on the two logical CPUs of conftest: labelled batches per replica.
   config = _digits_config(tmp_path_factory.mktemp('guidance') / 'classifier', task='classifier',
                           num_cpu_replicas=2)
-  return config, train_lib.train(config)
+  return config, train_loop.train(config)
 
 
 def test_a_tiny_classifier_trains_through_the_trainer_and_restores(trained_classifier):
@@ -517,11 +517,11 @@ def test_a_class_conditional_network_trains_and_samples_each_class(trained_class
   """Two steps with label dropout, then free and classifier guidance through Heun
   (~30 s, mostly tracing the U-Net; the labelled objective, draw_guided_samples and
   both guided models are covered quickly below and above)."""
-  from ncsn_tf import train_lib
+  from ncsn_tf.training import loop as train_loop
   classifier_config, _ = trained_classifier
   config = _digits_config(tmp_path / 'score', ('model', {'class_conditional': True}),
                           ('sampling', {'guidance': 'free'}), train_steps=2)
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   embedding = state.model.label_embedding.embeddings.numpy()
   assert embedding.shape == (11, 16)  # 10 digits + ∅, the U-Net's 4·ngf embedding width.
   labels = np.array([0, 3, 9], np.int32)
@@ -538,10 +538,10 @@ def test_a_class_conditional_network_trains_and_samples_each_class(trained_class
 
 def test_the_class_conditional_objective_passes_the_batch_labels_with_dropout(tmp_path):
   from ncsn_tf import losses
-  from ncsn_tf import train_lib
+  from ncsn_tf.training import step as train_step
   config = _digits_config(tmp_path / 'run', ('model', {'class_conditional': True}),
                           label_dropout=0.3)
-  assert train_lib.needs_labels(config)
+  assert train_step.needs_labels(config)
   seen = {}
 
   def network(x, sigma, labels=None, training=False):
@@ -551,7 +551,7 @@ def test_the_class_conditional_objective_passes_the_batch_labels_with_dropout(tm
   x = np.random.default_rng(0).random((16, 16, 16, 1)).astype(np.float32)
   labels = (np.arange(16) % 10).astype(np.int32)
   seed = tf.constant([1, 2])
-  loss, index, correct = train_lib.objective_for(config, network, training=True)(
+  loss, index, correct = train_step.objective_for(config, network, training=True)(
       (x, labels), SIGMAS, seed)
   assert correct is None and loss.shape == (16,) and index.shape == (16,)
   np.testing.assert_array_equal(seen['labels'], losses.drop_labels(labels, seed, 0.3, 10))
@@ -580,10 +580,10 @@ def test_draw_guided_samples_gives_every_batch_its_own_labels():
 def test_the_exported_sample_class_checks_its_inputs_and_guides():
   """`sample_class` of a class-conditional network (classifier-free), in process;
   tests/test_serving.py serves the classifier-guided one through both loaders."""
-  from ncsn_tf import export
+  from ncsn_tf.serving import module as serving_module
   # Annealed Langevin on the ladder (no --sde, so no log_likelihood to trace).
   config = _config(sampler='ald', n_steps_each=20, step_lr=0.8 * float(SIGMAS[-1])**2)
-  module = export.ScoreModule(_continuous(), config, SIGMAS)
+  module = serving_module.ScoreModule(_continuous(), config, SIGMAS)
   assert 'sample_class' in module.signatures()
   labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int32), 20)
   samples = module.sample_class(labels, tf.constant(0.0), tf.constant(4))['samples'].numpy()
@@ -592,17 +592,12 @@ def test_the_exported_sample_class_checks_its_inputs_and_guides():
     with pytest.raises(tf.errors.InvalidArgumentError, match='sample_class: '):
       module.sample_class(np.array(bad_labels, np.int32), tf.constant(scale), tf.constant(0))
   unconditional = ScoreModel(LadderNetwork(SIGMAS), SIGMAS, continuous=False)
-  assert 'sample_class' not in export.ScoreModule(unconditional, _config(), SIGMAS).signatures()
+  assert 'sample_class' not in serving_module.ScoreModule(unconditional, _config(), SIGMAS).signatures()
 
 
 def test_class_labels_of_one_class_or_a_grid():
   np.testing.assert_array_equal(guidance.class_labels(4, 10, 3), [4, 4, 4])
   np.testing.assert_array_equal(guidance.class_labels(-1, 3, 5), [0, 0, 1, 1, 2, 2])
-
-
-def test_the_labelled_datasets_of_the_config_are_the_datas():
-  from ncsn_tf import data
-  assert config_lib.LABELLED_DATASETS == data.NUM_CLASSES
 
 
 @pytest.mark.parametrize('overrides,message', [

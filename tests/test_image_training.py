@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
 from conftest import REPO_ROOT
-from ncsn_tf import flags as ncsn_flags
+from test_cli import run_cli
+
 from ncsn_tf import plots
-from ncsn_tf import train_lib
+from ncsn_tf.config import flags as ncsn_flags
+from ncsn_tf.runtime import checkpoints
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import inpainting
 from ncsn_tf.sampling import langevin
-from test_cli import run_cli
+from ncsn_tf.training import loop as train_loop
 
 TINY = ['--ngf=4', '--train_steps=2', '--log_freq=1', '--snapshot_freq=2', '--batch_size=4',
         '--heldout_batches=0', '--summary_samples=0']
@@ -47,7 +48,7 @@ def test_paper_flagfiles_train_under_tfds_mock_data(tmp_path, name, shape, repli
   # The paper's network: per-level CIN++, no 1/σ output scaling.
   assert config.model.conditional_norm and not config.model.scale_by_sigma
   with tfds.testing.mock_data(num_examples=16):
-    state = train_lib.train(config)
+    state = train_loop.train(config)
   assert int(state.step.numpy()) == 2 and state.model.output_sigmas is None
   assert state.model.conditional_norm
   assert os.path.exists(tmp_path / 'run' / 'checkpoints' / 'ckpt-2.index')
@@ -166,15 +167,15 @@ def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
 def test_snapshot_samples_reuse_one_trace_of_the_sampler(tmp_path):
   # Every snapshot draws TensorBoard samples with the same EMA model: the sampler
   # graph must be traced once, not once per snapshot (7 s each even at ngf 4).
-  from ncsn_tf import modes
+  from ncsn_tf.sampling import draw
   from ncsn_tf.sampling import langevin
   config = config_from_flagfile('shapes', '--ngf=4', '--image_size=16', '--n_steps_each=1',
                                 '--num_snapshots=2', f'--workdir={tmp_path}')
-  state = train_lib.create_state(config, tf.distribute.get_strategy())
-  draws = [modes.draw_samples(config, state.ema_model, state.sigmas, num=2, seed=seed,
+  state = checkpoints.create_state(config, tf.distribute.get_strategy())
+  draws = [draw.draw_samples(config, state.ema_model, state.sigmas, num=2, seed=seed,
                               show_progress=False) for seed in (0, 1, 2)]
   traces = langevin.annealed_langevin_dynamics.experimental_get_tracing_count()
-  draws.append(modes.draw_samples(config, state.ema_model, state.sigmas, num=2, seed=3,
+  draws.append(draw.draw_samples(config, state.ema_model, state.sigmas, num=2, seed=3,
                                   show_progress=False))
   assert langevin.annealed_langevin_dynamics.experimental_get_tracing_count() == traces
   assert draws[0][0].shape == (2, 16, 16, 3) and not np.allclose(draws[0][0], draws[1][0])
@@ -184,7 +185,8 @@ def test_pictures_of_logit_space_samples_show_the_images(tmp_path):
   # With --logit_transform the sampler works in logit space; the grid must show
   # inverse_logit(samples), not the logits clipped to [0, 1] (black and white).
   import types
-  from ncsn_tf import modes
+
+  from ncsn_tf.cli import modes
   from ncsn_tf.data import images
   config = config_from_flagfile('mnist', '--logit_transform=true', '--image_size=16',
                                 '--num_scales=2', '--n_steps_each=1', '--num_samples=4',

@@ -5,12 +5,15 @@ return random examples with the real feature specs (CelebA: 218x178x3 uint8) and
 no download; image folders are generated in tmp_path with Pillow.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from ncsn_tf import catalog
 from ncsn_tf.data import images
 
 TFDS_CASES = [('mnist', (28, 28, 1)), ('cifar10', (32, 32, 3)),
@@ -187,7 +190,7 @@ def test_unprepared_tfds_dataset_raises_with_three_ways(name, tmp_path):
                          data_dir=str(tmp_path))
   message = str(info.value)
   assert '\n' not in message
-  tfds_name = images.TFDS_NAMES[name]
+  tfds_name = catalog.get(name).tfds_name
   assert f"'{name}'" in message and tfds_name in message
   assert f'tfds build {tfds_name}' in message          # (1)
   assert 'manual_dir' in message                        # (2)
@@ -324,7 +327,8 @@ class NcsnTestDigits(tfds.core.GeneratorBasedBuilder):
 def _prepared_dir(tmp_path_factory, monkeypatch):
   data_dir = tmp_path_factory.mktemp('tfds')
   NcsnTestDigits(data_dir=str(data_dir)).download_and_prepare()
-  monkeypatch.setitem(images.TFDS_NAMES, 'mnist', NcsnTestDigits.name)
+  mnist = dataclasses.replace(catalog.get('mnist'), tfds_name=NcsnTestDigits.name)
+  monkeypatch.setitem(catalog._DATASETS, 'mnist', mnist)  # pylint: disable=protected-access
   return str(data_dir)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from ncsn_tf import sigmas as sigmas_lib
+from ncsn_tf import noise
 from ncsn_tf.data import toy
 from ncsn_tf.sampling import langevin
 
@@ -33,7 +33,7 @@ def test_annealed_langevin_with_the_exact_score_recovers_the_mixture():
   # mode (+0.5% bias), weights 0.2 / 0.8. 6000 chains: weight std 0.005, allow
   # 0.025; mean std ~0.03, allow 0.1; covariance entries allow 0.12.
   gmm = toy.paper_mixture()
-  ladder = sigmas_lib.geometric_sigmas(20.0, 0.5, 10)
+  ladder = noise.geometric_sigmas(20.0, 0.5, 10)
   score = lambda x, i: gmm.perturbed_score(x, tf.gather(ladder, i))
   x0 = tf.random.stateless_uniform([6000, 2], [3, 4], -8, 8)
   x = langevin.annealed_langevin_dynamics(score, x0, ladder, n_steps_each=100,
@@ -101,7 +101,7 @@ def test_the_paper_model_can_be_sampled_twice_at_batch_32():
   model = CondRefineNetDilated(128, 10, 32, 3).build_for()
   score_fn = lambda x, i: model(x, i)  # One callable: one trace for both calls.
   x = tf.random.stateless_uniform([32, 32, 32, 3], [0, 1])
-  sigmas = sigmas_lib.geometric_sigmas(1.0, 0.01, 10)[:1]
+  sigmas = noise.geometric_sigmas(1.0, 0.01, 10)[:1]
   for call in range(2):
     out = langevin.annealed_langevin_dynamics(score_fn, x, sigmas, n_steps_each=1, step_lr=2e-5,
                                               seed=[0, call])

@@ -25,8 +25,10 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from ncsn_tf import likelihood, noise
-from ncsn_tf.data import images, toy
+from ncsn_tf import likelihood
+from ncsn_tf import noise
+from ncsn_tf.data import images
+from ncsn_tf.data import toy
 
 EPS = 1e-5  # log_likelihood's default start time.
 

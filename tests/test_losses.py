@@ -6,7 +6,8 @@ import scipy.integrate
 import scipy.stats
 import tensorflow as tf
 
-from ncsn_tf import losses, noise
+from ncsn_tf import losses
+from ncsn_tf import noise
 
 
 def test_dsm_target_is_the_conditional_score():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
-
-from ncsn_tf import lr_schedule
-from ncsn_tf import train_lib
 from test_train_lib import tiny_config
+
+from ncsn_tf.training import loop as train_loop
+from ncsn_tf.training import lr_schedule
 
 
 def expected_rate(t, peak, warmup, total, decay):
@@ -70,12 +70,12 @@ def _crash_at_step_20(state, writer):
 
 def test_cosine_run_resumes_mid_decay_and_logs_the_decaying_rate(tmp_path):
   cosine = dict(lr_schedule='cosine', warmup_steps=5)
-  straight = train_lib.train(tiny_config(tmp_path / 'straight', **cosine))
+  straight = train_loop.train(tiny_config(tmp_path / 'straight', **cosine))
   # The same command dies after its step-20 checkpoint and is run again: the
   # restored update counter picks the cosine up at step 20 of the same horizon.
   with pytest.raises(_Crash):
-    train_lib.train(tiny_config(tmp_path / 'split', **cosine), on_snapshot=_crash_at_step_20)
-  resumed = train_lib.train(tiny_config(tmp_path / 'split', **cosine))
+    train_loop.train(tiny_config(tmp_path / 'split', **cosine), on_snapshot=_crash_at_step_20)
+  resumed = train_loop.train(tiny_config(tmp_path / 'split', **cosine))
   assert int(resumed.step.numpy()) == 40
   for a, b in zip(straight.model.weights, resumed.model.weights):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

@@ -13,17 +13,16 @@ import pytest
 import scipy.linalg
 import tensorflow as tf
 
-from ncsn_tf.metrics import image, inception
-from ncsn_tf.metrics.image import (
-    RunningStatistics,
-    activation_statistics,
-    fid_from_activations,
-    fid_from_statistics,
-    inception_score_from_logits,
-    kid_from_activations,
-    load_statistics,
-    save_statistics,
-)
+from ncsn_tf.metrics import image
+from ncsn_tf.metrics import inception
+from ncsn_tf.metrics.image import activation_statistics
+from ncsn_tf.metrics.image import fid_from_activations
+from ncsn_tf.metrics.image import fid_from_statistics
+from ncsn_tf.metrics.image import inception_score_from_logits
+from ncsn_tf.metrics.image import kid_from_activations
+from ncsn_tf.metrics.image import load_statistics
+from ncsn_tf.metrics.image import RunningStatistics
+from ncsn_tf.metrics.image import save_statistics
 
 
 def _scipy_fid(mu1, sigma1, mu2, sigma2):

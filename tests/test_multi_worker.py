@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
 
 # modes.run_train (train, then chief-only sample/eval/export) with the state
@@ -22,17 +21,19 @@ WORKER = """
 import json, os, sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np
-from ncsn_tf import config as config_lib, modes, train_lib
+from ncsn_tf import config as config_lib
+from ncsn_tf.cli import modes
+from ncsn_tf.training import loop as train_loop
 spec = json.loads(sys.argv[1])
 groups = {k: v for k, v in spec.items() if isinstance(v, dict)}
 config = config_lib.validate(config_lib.Config(**{k: v for k, v in spec.items() if k not in groups})
                              .replace(**groups))
 captured = {}
-train = train_lib.train
+train = train_loop.train
 def capture(config, **kwargs):
   captured['state'] = train(config, **kwargs)
   return captured['state']
-train_lib.train = capture
+train_loop.train = capture
 modes.run_train(config)
 state = captured['state']
 np.savez(sys.argv[2], *[w.numpy() for w in state.model.weights + state.ema_model.weights],

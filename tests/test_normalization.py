@@ -8,7 +8,8 @@ biased spatial variance, unbiased variance of the channel means.
 import keras
 import numpy as np
 
-from ncsn_tf.models.normalization import EPSILON, ConditionalInstanceNormPlusPlus
+from ncsn_tf.models.normalization import ConditionalInstanceNormPlusPlus
+from ncsn_tf.models.normalization import EPSILON
 
 NUM_CLASSES = 5
 # float32 arithmetic on O(1) values, different summation orders: ~1e-6 relative.

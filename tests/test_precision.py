@@ -17,9 +17,10 @@ import tensorflow as tf
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import losses
-from ncsn_tf import precision
-from ncsn_tf import train_lib
 from ncsn_tf.models.normalization import ConditionalInstanceNormPlusPlus
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.runtime import precision
+from ncsn_tf.training import step as train_step
 
 IMAGE_SIZE = 16
 BATCH = 8
@@ -116,13 +117,13 @@ def _windowed_losses(policy, initial_weights, images):
       train={'batch_size': BATCH, 'learning_rate': 1e-3, 'ema_rate': 0.0,
              'precision': policy})
   strategy = tf.distribute.get_strategy()
-  state = train_lib.create_state(config, strategy)
+  state = checkpoints.create_state(config, strategy)
   if initial_weights is not None:
     state.model.set_weights(initial_weights)
   weights = state.model.get_weights()
   # The same batches in the same order for both runs.
   iterator = iter(tf.data.Dataset.from_tensor_slices(images).repeat().batch(BATCH))
-  chunk = train_lib.make_train_chunk(config, strategy, state)
+  chunk = train_step.make_train_chunk(config, strategy, state)
   means = []
   for _ in range(STEPS // WINDOW):
     stats = chunk(iterator, tf.constant(WINDOW))

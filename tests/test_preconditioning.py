@@ -14,13 +14,14 @@ not the model's own formula.
 import keras
 import numpy as np
 import pytest
+from test_image_training import config_from_flagfile
+from test_image_training import TINY
 
 from ncsn_tf import config as config_lib
-from ncsn_tf import models
-from ncsn_tf import train_lib
+from ncsn_tf.models import registry as networks
 from ncsn_tf.models.refinenet import CondRefineNetDilated
 from ncsn_tf.models.unet import ScoreUNet
-from test_image_training import TINY, config_from_flagfile
+from ncsn_tf.training import loop as train_loop
 
 LADDER = np.geomspace(50.0, 0.01, 10)
 SIGMA_DATA = 0.3
@@ -158,19 +159,19 @@ def _edm_config(tmp_path, name):
 
 def test_the_flags_build_a_preconditioned_model_that_round_trips(tmp_path):
   config = _edm_config(tmp_path, 'refinenet')
-  model = models.build_model(config, (16, 16, 3))
+  model = networks.build_model(config, (16, 16, 3))
   assert model.sigma_data == SIGMA_DATA
   np.testing.assert_allclose(model.output_sigmas, LADDER, rtol=1e-6)
   clone = CondRefineNetDilated.from_config(model.get_config()).build_for()
   assert clone.sigma_data == SIGMA_DATA
-  plain = models.build_model(config.replace(model={'preconditioning': 'none'}), (16, 16, 3))
+  plain = networks.build_model(config.replace(model={'preconditioning': 'none'}), (16, 16, 3))
   assert plain.sigma_data is None and plain.output_sigmas is None
   assert plain.count_params() == model.count_params()  # The parameterisation adds no weights.
 
 
 def test_the_flags_build_a_preconditioned_unet_that_round_trips(tmp_path):
   config = _edm_config(tmp_path, 'unet')
-  model = models.build_model(config, (16, 16, 3))
+  model = networks.build_model(config, (16, 16, 3))
   assert isinstance(model, ScoreUNet) and model.sigma_data == SIGMA_DATA
   assert not model.scale_by_sigma
   _randomise_output_layer(model)
@@ -178,7 +179,7 @@ def test_the_flags_build_a_preconditioned_unet_that_round_trips(tmp_path):
   clone.set_weights(model.get_weights())
   x = np.random.default_rng(6).random((2, 16, 16, 3)).astype(np.float32)
   np.testing.assert_array_equal(_score(clone, x, 3), _score(model, x, 3))
-  plain = models.build_model(config.replace(model={'preconditioning': 'none',
+  plain = networks.build_model(config.replace(model={'preconditioning': 'none',
                                                    'scale_by_sigma': True}), (16, 16, 3))
   assert plain.sigma_data is None
   assert plain.count_params() == model.count_params()
@@ -204,7 +205,7 @@ def test_shapes_trains_with_edm_from_the_command_line_flags(tmp_path, model_flag
                                 *model_flags, '--preconditioning=edm', '--scale_by_sigma=false',
                                 '--sigma_data=0.385')
   assert config.model.preconditioning == 'edm' and config.model.sigma_data == 0.385
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   assert int(state.step.numpy()) == 2 and state.model.sigma_data == 0.385
   x = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
   assert np.all(np.isfinite(_score(state.ema_model, x, 0)))

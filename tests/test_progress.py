@@ -2,7 +2,7 @@
 
 import io
 
-from ncsn_tf import progress as progress_lib
+from ncsn_tf.runtime import progress as progress_lib
 
 
 class _Clock:

@@ -10,8 +10,11 @@ import pytest
 import tensorflow as tf
 
 from ncsn_tf.models import refinenet
-from ncsn_tf.models.refinenet import (CondCRPBlock, CondRefineBlock, CondRefineNetDilated,
-                                      ConditionalResidualBlock, ConvMeanPool)
+from ncsn_tf.models.refinenet import CondCRPBlock
+from ncsn_tf.models.refinenet import ConditionalResidualBlock
+from ncsn_tf.models.refinenet import CondRefineBlock
+from ncsn_tf.models.refinenet import CondRefineNetDilated
+from ncsn_tf.models.refinenet import ConvMeanPool
 
 NUM_CLASSES = 10
 TINY_NGF = 8

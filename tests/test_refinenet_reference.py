@@ -14,8 +14,8 @@ import os
 import numpy as np
 import pytest
 
-from ncsn_tf.models.refinenet import CondRefineNetDilated
 from ncsn_tf.models.reference_weights import assign_reference_weights
+from ncsn_tf.models.refinenet import CondRefineNetDilated
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'reference', 'refinenet_outputs.npz')
 CASES = ['rgb32', 'gray28']

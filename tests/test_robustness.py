@@ -16,12 +16,14 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
-
 from conftest import REPO_ROOT
-from ncsn_tf import losses
-from ncsn_tf import train_lib
+from tensorboard.backend.event_processing import event_accumulator
 from test_train_lib import tiny_config
+
+from ncsn_tf import losses
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.runtime import devices
+from ncsn_tf.training import loop as train_loop
 
 TOY = {'name': 'toy', 'data': {'dataset': 'gmm'},
        'model': {'name': 'mlp', 'sigma_begin': 10.0, 'sigma_end': 1.0, 'num_scales': 4, 'ngf': 32,
@@ -43,13 +45,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np
 from absl import logging
 from ncsn_tf import config as config_lib
-from ncsn_tf import train_lib
+from ncsn_tf.training import loop as train_loop
 logging.set_verbosity(logging.INFO)
 spec = json.loads(sys.argv[1])
 groups = {k: v for k, v in spec.items() if isinstance(v, dict)}
 config = config_lib.validate(config_lib.Config(**{k: v for k, v in spec.items() if k not in groups})
                              .replace(**groups))
-state = train_lib.train(config)
+state = train_loop.train(config)
 np.savez(sys.argv[2], *[w.numpy() for w in state.model.weights + state.ema_model.weights],
          step=int(state.step.numpy()))
 """
@@ -58,11 +60,13 @@ np.savez(sys.argv[2], *[w.numpy() for w in state.model.weights + state.ema_model
 EXPORT_LOOP = """
 import json, os, sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-from ncsn_tf import config as config_lib, export, train_lib
+from ncsn_tf import config as config_lib
+from ncsn_tf.runtime import checkpoints, devices
+from ncsn_tf.serving import export as export_lib
 config = config_lib.Config.from_dict(json.load(open(sys.argv[1])))
-state = train_lib.create_state(config, train_lib.make_strategy())
+state = checkpoints.create_state(config, devices.make_strategy())
 while True:
-  export.export(state.ema_model, config, state.sigmas)
+  export_lib.export(state.ema_model, config, state.sigmas)
 """
 
 
@@ -207,7 +211,7 @@ def _poisoned_loss(first_bad_step, replicas=2):
 def test_skip_nonfinite_skips_steps_keeps_weights_finite_and_counts_them(tmp_path, monkeypatch):
   monkeypatch.setitem(losses.LOSSES, 'anneal_dsm', _poisoned_loss(12))
   config = tiny_config(tmp_path, num_cpu_replicas=2, ema_rate=0.9, skip_nonfinite=True)
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   assert int(state.step.numpy()) == 40
   for w in state.model.weights + state.ema_model.weights:
     assert np.all(np.isfinite(w.numpy()))
@@ -226,10 +230,10 @@ def test_skipped_steps_leave_weights_and_optimizer_untouched(tmp_path, monkeypat
   """A run whose steps 10-14 are all NaN equals one that never applied them."""
   monkeypatch.setitem(losses.LOSSES, 'anneal_dsm', _poisoned_loss(10, replicas=1))
   config = tiny_config(tmp_path, skip_nonfinite=True, train_steps=10, snapshot_freq=10)
-  before = train_lib.train(config)
+  before = train_loop.train(config)
   weights = [w.numpy() for w in before.model.weights]
   iterations = int(before.optimizer.iterations.numpy())
-  after = train_lib.train(config.replace(train={'train_steps': 15}))
+  after = train_loop.train(config.replace(train={'train_steps': 15}))
   assert int(after.step.numpy()) == 15
   assert int(after.optimizer.iterations.numpy()) == iterations
   for a, b in zip(weights, after.model.weights):
@@ -239,8 +243,8 @@ def test_skipped_steps_leave_weights_and_optimizer_untouched(tmp_path, monkeypat
 def test_nonfinite_default_stops_and_the_last_good_checkpoint_stays_latest(tmp_path, monkeypatch):
   monkeypatch.setitem(losses.LOSSES, 'anneal_dsm', _poisoned_loss(33))
   config = tiny_config(tmp_path, num_cpu_replicas=2)
-  with pytest.raises(train_lib.NonFiniteLossError, match=r'step 33 in σ level 3 .*ckpt-20'):
-    train_lib.train(config)
+  with pytest.raises(train_loop.NonFiniteLossError, match=r'step 33 in σ level 3 .*ckpt-20'):
+    train_loop.train(config)
   assert _checkpoints(str(tmp_path)) == [20]
 
 
@@ -251,7 +255,7 @@ def _complete(version_dir):
 
 def test_kill9_during_export_leaves_only_complete_versions(tmp_path):
   config = tiny_config(tmp_path / 'run', train_steps=0)
-  train_lib.write_config_json(config)
+  checkpoints.write_config_json(config)
   export_dir = config.export.export_dir
   proc = _start(EXPORT_LOOP, str(tmp_path / 'run' / 'config.json'))
   try:
@@ -271,16 +275,16 @@ def test_kill9_during_export_leaves_only_complete_versions(tmp_path):
   for v in versions:
     tf.saved_model.load(os.path.join(export_dir, v))
   # The next export clears the dead process's temporary directory.
-  from ncsn_tf import export
-  state = train_lib.create_state(config, train_lib.make_strategy())
-  export.export(state.ema_model, config, state.sigmas)
+  from ncsn_tf.serving import export as export_lib
+  state = checkpoints.create_state(config, devices.make_strategy())
+  export_lib.export(state.ema_model, config, state.sigmas)
   assert sorted(os.listdir(export_dir), key=int) == [str(v) for v in range(1, len(versions) + 2)]
 
 
 def test_resume_refuses_a_workdir_of_a_different_model(tmp_path):
-  train_lib.train(tiny_config(tmp_path, train_steps=10, snapshot_freq=10))
-  with pytest.raises(train_lib.ConfigMismatchError) as info:
-    train_lib.train(tiny_config(tmp_path, train_steps=20, batch_size=16).replace(
+  train_loop.train(tiny_config(tmp_path, train_steps=10, snapshot_freq=10))
+  with pytest.raises(checkpoints.ConfigMismatchError) as info:
+    train_loop.train(tiny_config(tmp_path, train_steps=20, batch_size=16).replace(
         model={'ngf': 16}))
   message = str(info.value)
   assert '\n' not in message
@@ -288,6 +292,6 @@ def test_resume_refuses_a_workdir_of_a_different_model(tmp_path):
   assert 'new --workdir' in message
   assert _checkpoints(str(tmp_path)) == [10]  # Nothing lost.
   # Safe fields (length, frequencies, sampling, export) may change.
-  state = train_lib.train(tiny_config(tmp_path, train_steps=20, log_freq=5).replace(
+  state = train_loop.train(tiny_config(tmp_path, train_steps=20, log_freq=5).replace(
       sampling={'num_samples': 3}))
   assert int(state.step.numpy()) == 20

@@ -185,7 +185,8 @@ def test_projection_vectors_have_identity_second_moment():
 
 def test_losses_train_a_network_in_the_trainer_step():
   # Gradients flow through the second-order objectives for both network kinds.
-  from ncsn_tf.models.mlp import NoiseConditionalMLP, ScoreMLP
+  from ncsn_tf.models.mlp import NoiseConditionalMLP
+  from ncsn_tf.models.mlp import ScoreMLP
   x = toy.paper_mixture().sample(16, seed=[0, 1])
   uncond = ScoreMLP(2, hidden_units=8, num_layers=2).build_for()
   cond = NoiseConditionalMLP(2, [2.0, 1.0], hidden_units=8, num_layers=2).build_for()

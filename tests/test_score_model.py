@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ncsn_tf import losses, noise
+from ncsn_tf import losses
+from ncsn_tf import noise
 from ncsn_tf.models.mlp import NoiseConditionalMLP
-from ncsn_tf.models.score_model import LADDER_RTOL, ScoreModel
+from ncsn_tf.models.score_model import LADDER_RTOL
+from ncsn_tf.models.score_model import ScoreModel
 
 SIGMAS = np.geomspace(20.0, 0.01, 8).astype(np.float32)
 MU = np.array([3.0, -1.0], np.float32)

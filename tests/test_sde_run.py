@@ -7,18 +7,20 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO_ROOT
-from ncsn_tf import config as config_lib
-from ncsn_tf import experiments
-from ncsn_tf import modes
-from ncsn_tf import train_lib
-from ncsn_tf.data import toy
-from ncsn_tf.metrics import toy as toy_metrics
-from ncsn_tf.sampling import configured
-from ncsn_tf.sampling import pc
-from ncsn_tf.sampling import registry
 from test_image_training import config_from_flagfile
+
+from ncsn_tf import config as config_lib
+from ncsn_tf import noise
+from ncsn_tf.cli import modes
+from ncsn_tf.data import toy
+from ncsn_tf.lab import experiments
+from ncsn_tf.metrics import toy as toy_metrics
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.sampling import draw
+from ncsn_tf.sampling import registry
+from ncsn_tf.sampling.samplers import pc
+from ncsn_tf.training import loop as train_loop
 
 SDE_TINY = ('--train_steps=300', '--snapshot_freq=300', '--log_freq=100', '--num_samples=200',
             '--sample_batch_size=200', '--heldout_batches=1')
@@ -39,19 +41,19 @@ def test_the_sde_flagfile_builds_a_continuous_ve_run(tmp_path):
   config = sde_config(tmp_path)
   assert (config.model.sde, config.model.noise_embedding, config.train.loss) == (
       've', 'fourier', 'continuous_dsm')
-  sde = configured.build_sde(config.model)
+  sde = noise.build_sde(config.model)
   assert (sde.sigma_min, sde.sigma_max) == (0.01, 20.0)
   np.testing.assert_array_equal(sde.prior_mean, 3.0)
   # The ladder (20 levels) is the VE SDE's discretisation: σ(t_i) = σ_i.
-  ladder = train_lib.ladder(config)
+  ladder = checkpoints.ladder(config)
   t = sde.t_of_sigma(ladder).numpy()
   np.testing.assert_allclose(sde.sigma(t).numpy(), ladder, rtol=1e-5)
-  assert configured.build_sde(config.model) is sde  # Cached: the samplers trace once.
+  assert noise.build_sde(config.model) is sde  # Cached: the samplers trace once.
 
 
 def test_continuous_training_sampling_and_every_sampler_share_one_model(tmp_path):
   config = sde_config(tmp_path, *SDE_TINY)
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   assert state.continuous and state.score_model.is_continuous
   assert os.path.exists(tmp_path / 'run' / 'checkpoints' / 'ckpt-300.index')
   x = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
@@ -63,7 +65,7 @@ def test_continuous_training_sampling_and_every_sampler_share_one_model(tmp_path
   for name in ('ald', 'pc', 'ode', 'heun'):
     run = config.replace(sampling={'sampler': name, 'sampling_steps': 20, 'ode_rtol': 1e-3,
                                    'ode_atol': 1e-3, 'n_steps_each': 5})
-    samples, trajectory, nfe = modes.draw_samples(run, state.score_model, state.sigmas, num=64,
+    samples, trajectory, nfe = draw.draw_samples(run, state.score_model, state.sigmas, num=64,
                                                   seed=1, show_progress=False, return_nfe=True)
     assert samples.shape == (64, 2) and np.all(np.isfinite(samples)), name
     out[name] = nfe
@@ -75,13 +77,13 @@ def test_continuous_training_sampling_and_every_sampler_share_one_model(tmp_path
 
 def test_snapshot_sampling_with_an_sde_sampler_traces_once(tmp_path):
   config = sde_config(tmp_path, '--sampler=heun', '--sampling_steps=5')
-  state = train_lib.create_state(config, tf.distribute.get_strategy())
-  from ncsn_tf.sampling import heun
-  draw = lambda seed: modes.draw_samples(config, state.score_model, state.sigmas, num=4,
+  state = checkpoints.create_state(config, tf.distribute.get_strategy())
+  from ncsn_tf.sampling.samplers import heun
+  sample = lambda seed: draw.draw_samples(config, state.score_model, state.sigmas, num=4,
                                          seed=seed, show_progress=False)
-  draw(0)
+  sample(0)
   traces = heun._heun_loop.experimental_get_tracing_count()
-  a, b = draw(1)[0], draw(2)[0]
+  a, b = sample(1)[0], sample(2)[0]
   assert heun._heun_loop.experimental_get_tracing_count() == traces
   assert not np.allclose(a, b)
 
@@ -116,7 +118,7 @@ def test_bad_sde_settings_fail_naming_the_flag(tmp_path, flags, expected):
   # In-process through the code run.py calls (flags.build_config, which
   # validates); the command line's one-line error and exit status for the same
   # ConfigError are checked below on two of these cases.
-  from ncsn_tf import flags as ncsn_flags
+  from ncsn_tf.config import flags as ncsn_flags
   own = [f for f in flags if f.startswith('--flagfile=')]  # The ladder toy's cases.
   argv = ['run.py', *(own or [f'--flagfile={REPO_ROOT}/tf_configs/toy_gmm_sde.cfg']),
           f'--workdir={tmp_path}/w', *[f for f in flags if f not in own]]
@@ -146,7 +148,7 @@ def test_bad_sde_settings_stop_the_command_line_in_one_line(tmp_path, flags, exp
 
 
 def test_the_sampler_comparison_writes_its_table_figure_and_metrics(tmp_path, monkeypatch):
-  from ncsn_tf import experiments_sde
+  pass
   # Two samplers and few samples: the machinery, not the numbers (docs/sde.md has those).
   monkeypatch.setattr(experiments_sde, 'SAMPLER_GRID', (
       ('annealed Langevin', {'sampler': 'ald', 'n_steps_each': 2}),
@@ -177,13 +179,13 @@ def test_learned_toy_score_ode_and_heun_match_annealed_langevin_with_fewer_evalu
   (18 steps, 35 NFE) must use at most a tenth of that.
   """
   config = sde_config(tmp_path, '--heldout_batches=1')
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   dist = toy.get_toy('gmm')
   weights = {}
   for name, overrides in (('ald', {'sampler': 'ald'}),
                           ('ode', {'sampler': 'ode', 'ode_rtol': 1e-3, 'ode_atol': 1e-3}),
                           ('heun', {'sampler': 'heun', 'sampling_steps': 18})):
-    samples, _, nfe = modes.draw_samples(config.replace(sampling=overrides), state.score_model,
+    samples, _, nfe = draw.draw_samples(config.replace(sampling=overrides), state.score_model,
                                          state.sigmas, num=5000, seed=3, show_progress=False,
                                          return_nfe=True)
     weights[name] = (toy_metrics.mode_weights(samples, dist.means)[0], nfe)
@@ -196,7 +198,7 @@ def test_learned_toy_score_ode_and_heun_match_annealed_langevin_with_fewer_evalu
   # Issue 24: the learned model's NLL of held-out points is within 0.05 nats of
   # the true mixture's on the same points (measured: 0.011 with 2000 points;
   # the paired difference's standard error is about 0.01 at 1000).
-  from ncsn_tf import likelihood_eval
+  from ncsn_tf.evaluation import likelihood as likelihood_eval
   result = likelihood_eval.toy_likelihood(
       config.replace(eval={'exact_trace': True, 'likelihood_examples': 1000}), state.score_model)
   assert abs(result['excess_nll_nats']) <= 0.05, result
@@ -245,12 +247,12 @@ def test_likelihood_mode_writes_nats_beside_the_exact_values_and_the_export_agre
   assert 'eval/likelihood_nll_nats' in acc.Tags()['tensors']
   # The export (written by the training run: one Hutchinson probe, drawn from
   # [seed, 0]) answers as the library does with the same settings and probes.
-  from ncsn_tf import likelihood_eval
+  from ncsn_tf.evaluation import likelihood as likelihood_eval
   points = toy.get_toy('gmm').sample(32, seed=[likelihood_eval._POINTS_SEED, 0]).numpy()
   loaded = tf.saved_model.load(str(tmp_path / 'export' / '1'))
   out = loaded.signatures['log_likelihood'](x=tf.constant(points), seed=tf.constant(0))
   config = sde_config(tmp_path, '--ode_rtol=1e-3', '--ode_atol=1e-3')
-  state = train_lib.restore_for_inference(config)
+  state = checkpoints.restore_for_inference(config)
   expected, _ = likelihood_eval.model_log_prob(config, state.score_model, tf.constant(points),
                                                tf.constant([0, 0]))
   np.testing.assert_allclose(out['log_prob'], expected, rtol=1e-4, atol=1e-4)
@@ -279,7 +281,7 @@ def test_likelihood_needs_a_continuous_model_and_toy_sized_exact_traces(tmp_path
 
 
 def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
-  from ncsn_tf import likelihood_eval
+  from ncsn_tf.evaluation import likelihood as likelihood_eval
   # The real digits at their native 8x8 (D = 64, a full covariance from their 1,442
   # training images): the image path of shapes_sde.cfg at a third of its cost.
   config = config_from_flagfile(
@@ -287,7 +289,7 @@ def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
       '--batch_size=4', '--train_steps=2', '--train_minutes=0', '--heldout_batches=0',
       '--mode=likelihood', '--likelihood_examples=8', '--eval_batch_size=4',
       '--likelihood_repeats=2', '--ode_rtol=1e-2', '--ode_atol=1e-2', f'--workdir={tmp_path}/run')
-  state = train_lib.train(config.replace(mode='train'))
+  state = train_loop.train(config.replace(mode='train'))
   result = likelihood_eval.evaluate_likelihood(config, state)['2']
   assert result['num_examples'] == 8 and result['repeats'] == 2
   assert np.isfinite(result['bits_per_dim']) and result['bits_per_dim'] > 0
@@ -301,7 +303,7 @@ def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
   # (tf.saved_model.load: the session loader runs the same graph, as
   # tests/test_serving.py checks on the toy's log_likelihood, but solves this ODE
   # several times slower.)
-  from ncsn_tf import export as export_lib
+  from ncsn_tf.serving import export as export_lib
   path = export_lib.export(state.score_model, config.replace(
       export={'export_dir': str(tmp_path / 'export')}), state.sigmas)
   np.save(tmp_path / 'x.npy', per_example['inputs'][:4])
@@ -312,7 +314,8 @@ out = loaded.signatures['log_likelihood'](x=tf.constant(np.load({str(tmp_path / 
                                           seed=tf.constant({config.seed}))
 print(out['bits_per_dim'].numpy().tolist())
 '''
-  import subprocess, sys
+  import subprocess
+  import sys
   out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   served = np.array(eval(out.stdout.strip().splitlines()[-1]), np.float32)
@@ -328,7 +331,7 @@ def test_inpainting_asks_a_continuous_network_at_the_levels_sigma(tmp_path):
   config = config_from_flagfile(
       'shapes_sde', '--sampler=ald', '--ngf=4', '--image_size=16', '--num_scales=3', '--n_steps_each=1',
       '--num_inpaint_images=2', '--inpaint_completions=1', f'--workdir={tmp_path}/run')
-  state = train_lib.create_state(config, tf.distribute.get_strategy())
+  state = checkpoints.create_state(config, tf.distribute.get_strategy())
   out_dir = modes.run_inpaint(config, state)
   completions = np.load(os.path.join(out_dir, 'inpainting.npz'))['completions']
   assert completions.shape == (2, 1, 16, 16, 3) and np.all(np.isfinite(completions))

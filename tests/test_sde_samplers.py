@@ -16,7 +16,11 @@ import tensorflow_probability as tfp
 
 from ncsn_tf import noise
 from ncsn_tf.data import toy
-from ncsn_tf.sampling import heun, langevin, ode, pc, registry
+from ncsn_tf.sampling import langevin
+from ncsn_tf.sampling import registry
+from ncsn_tf.sampling.samplers import heun
+from ncsn_tf.sampling.samplers import ode
+from ncsn_tf.sampling.samplers import pc
 
 tfd = tfp.distributions
 

@@ -17,13 +17,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO_ROOT
-from ncsn_tf import export
-from ncsn_tf import train_lib
-from ncsn_tf.sampling import guidance
 from test_image_training import config_from_flagfile
 from test_train_lib import tiny_config
+
+from ncsn_tf.sampling import guidance
+from ncsn_tf.serving import export as export_lib
+from ncsn_tf.training import loop as train_loop
 
 # Runs every signature of the export at argv[1] with the inputs in argv[2]
 # (an .npz of `<signature>/<input>` arrays) through both loaders, in a process
@@ -65,7 +65,7 @@ def _toy_export(tmp_path):
   classifier, and a toy's graph is the cheapest to save and load.)"""
   from ncsn_tf.models.classifier import NoiseConditionalMLPClassifier
   config = tiny_config(tmp_path / 'toy', train_steps=10, ema_rate=0.9)
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   classifier = guidance.Classifier(NoiseConditionalMLPClassifier(
       num_classes=2, data_dim=2, hidden_units=8, num_layers=1).build_for(), num_classes=2)
   rng = np.random.default_rng(0)
@@ -75,7 +75,7 @@ def _toy_export(tmp_path):
       'sample/num_samples': np.int32(5), 'sample/seed': np.int32(1),
       'sample_class/labels': np.array([0, 1, 1], np.int32),
       'sample_class/guidance_scale': np.float32(2.0), 'sample_class/seed': np.int32(3)}
-  path = export.export(state.ema_model, config, state.sigmas, classifier=classifier)
+  path = export_lib.export(state.ema_model, config, state.sigmas, classifier=classifier)
   return path, _with_serving_default(inputs, state)
 
 
@@ -84,7 +84,7 @@ def _image_export(tmp_path):
       'shapes', '--ngf=4', '--image_size=16', '--num_scales=3', '--n_steps_each=2',
       '--train_steps=2', '--batch_size=4', '--heldout_batches=0', '--summary_samples=0',
       f'--workdir={tmp_path}/shapes', f'--export_dir={tmp_path}/shapes_export')
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   rng = np.random.default_rng(1)
   images = rng.random((2, 16, 16, 3)).astype(np.float32)
   mask = np.zeros_like(images)
@@ -95,7 +95,7 @@ def _image_export(tmp_path):
       'inpaint/images': images, 'inpaint/mask': mask, 'inpaint/seed': np.int32(5),
       # Grey input: the spec's open channel axis takes 1 (grey) or 3 (RGB).
       'colorize/images': images.mean(-1, keepdims=True), 'colorize/seed': np.int32(7)}
-  return export.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs, state)
+  return export_lib.export(state.ema_model, config, state.sigmas), _with_serving_default(inputs, state)
 
 
 def _sde_toy_export(tmp_path):
@@ -104,7 +104,7 @@ def _sde_toy_export(tmp_path):
       'toy_gmm_sde', '--train_steps=20', '--snapshot_freq=20', '--heldout_batches=0',
       '--ode_rtol=1e-3', '--ode_atol=1e-3', f'--workdir={tmp_path}/sde',
       f'--export_dir={tmp_path}/sde_export')
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   rng = np.random.default_rng(2)
   inputs = {
       'score/x': rng.normal(scale=5, size=(4, 2)).astype(np.float32),
@@ -114,7 +114,7 @@ def _sde_toy_export(tmp_path):
   inputs['score_sigma/sigma'] = np.array([0.013, 0.5, 3.7, 19.0], np.float32)  # Off the ladder.
   inputs['log_likelihood/x'] = inputs['score/x'][:3]
   inputs['log_likelihood/seed'] = np.int32(0)
-  return export.export(state.score_model, config, state.sigmas), inputs
+  return export_lib.export(state.score_model, config, state.sigmas), inputs
 
 
 def _with_serving_default(inputs, state):

@@ -164,10 +164,11 @@ def test_bad_input_is_rejected():
 
 def test_sample_mode_writes_the_fit_of_the_samples_beside_the_data(tmp_path):
   import json
-  from ncsn_tf import modes
+
+  from ncsn_tf.evaluation import judges
   images = shapes.shapes_split_images('test', image_size=16, num_images=6) / 255.0
   flat = np.concatenate([_canvas(DARK)[None, :16, :16]] * 3)
-  modes.write_shape_fit(np.concatenate([images, flat]), 16, str(tmp_path))
+  judges.write_shape_fit(np.concatenate([images, flat]), 16, str(tmp_path))
   with open(tmp_path / 'shape_fit.json') as f:
     written = json.load(f)
   # The data reference is as many test images as samples: the first 6 of them
@@ -175,7 +176,7 @@ def test_sample_mode_writes_the_fit_of_the_samples_beside_the_data(tmp_path):
   assert written['test_images']['objects'] >= written['samples']['objects'] > 0
   assert written['samples']['empty_images'] == 3 and written['iou_threshold'] == 0.85
   assert 0 <= written['samples']['fit_rate_stderr'] < 0.5
-  modes.write_shape_fit(flat, 16, str(tmp_path))
+  judges.write_shape_fit(flat, 16, str(tmp_path))
   with open(tmp_path / 'shape_fit.json') as f:
     empty = json.load(f)['samples']
   assert empty['fit_rate'] is None and empty['fit_rate_stderr'] is None  # null, not NaN.

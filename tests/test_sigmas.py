@@ -2,14 +2,14 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
-from ncsn_tf import sigmas
+
+from ncsn_tf import noise
 
 
 def test_geometric_ladder_matches_the_paper_definition():
   # CIFAR-10 ladder of the paper: σ from 1 to 0.01, L = 10, constant ratio.
-  ladder = sigmas.geometric_sigmas(1.0, 0.01, 10)
+  ladder = noise.geometric_sigmas(1.0, 0.01, 10)
   assert ladder.dtype == np.float32 and ladder.shape == (10,)
   np.testing.assert_allclose(ladder[0], 1.0, rtol=1e-6)
   np.testing.assert_allclose(ladder[-1], 0.01, rtol=1e-6)
@@ -19,13 +19,13 @@ def test_geometric_ladder_matches_the_paper_definition():
 
 
 def test_single_level_ladder():
-  np.testing.assert_allclose(sigmas.geometric_sigmas(0.5, 0.1, 1), [0.5])
+  np.testing.assert_allclose(noise.geometric_sigmas(0.5, 0.1, 1), [0.5])
 
 
 @pytest.mark.parametrize('begin,end,n', [(1.0, 0.0, 10), (0.1, 1.0, 10), (1.0, 0.1, 0)])
 def test_invalid_ladders_raise(begin, end, n):
   with pytest.raises(ValueError):
-    sigmas.geometric_sigmas(begin, end, n)
+    noise.geometric_sigmas(begin, end, n)
 
 
 def test_variance_ratio_matches_the_iterated_gaussian_recursion():
@@ -40,7 +40,7 @@ def test_variance_ratio_matches_the_iterated_gaussian_recursion():
   var = (gamma * sigma_i)**2
   for _ in range(n_steps):
     var = (1 - alpha / sigma_i**2)**2 * var + 2 * alpha
-  assert sigmas.langevin_variance_ratio(step_lr, gamma, n_steps, sigma_end) == pytest.approx(
+  assert noise.langevin_variance_ratio(step_lr, gamma, n_steps, sigma_end) == pytest.approx(
       var / sigma_i**2, rel=1e-12)
 
 
@@ -49,18 +49,18 @@ def test_best_step_lr_reproduces_ncsnv2_cifar10():
 
   The published value is rounded to two digits, hence the 1% tolerance.
   """
-  gamma = sigmas.ladder_ratio(50.0, 0.01, 232)
+  gamma = noise.ladder_ratio(50.0, 0.01, 232)
   assert gamma == pytest.approx(1.0376, abs=1e-4)
-  assert sigmas.best_step_lr(gamma, 5, 0.01) == pytest.approx(6.2e-6, rel=0.01)
+  assert noise.best_step_lr(gamma, 5, 0.01) == pytest.approx(6.2e-6, rel=0.01)
 
 
 def test_best_step_lr_minimises_the_ratio():
   gamma, n_steps, sigma_end = 1.09, 5, 0.01
-  best = sigmas.best_step_lr(gamma, n_steps, sigma_end)
-  at_best = sigmas.langevin_variance_ratio(best, gamma, n_steps, sigma_end)
+  best = noise.best_step_lr(gamma, n_steps, sigma_end)
+  at_best = noise.langevin_variance_ratio(best, gamma, n_steps, sigma_end)
   assert at_best > 1.0  # The discretised chain always overshoots slightly.
   for other in (0.8 * best, 1.25 * best):
-    assert sigmas.langevin_variance_ratio(other, gamma, n_steps, sigma_end) > at_best
+    assert noise.langevin_variance_ratio(other, gamma, n_steps, sigma_end) > at_best
 
 
 def test_shapes_flagfile_follows_ncsnv2_techniques():
@@ -74,7 +74,7 @@ def test_shapes_flagfile_follows_ncsnv2_techniques():
   squared = (images**2).sum(1)
   distances = np.sqrt(np.maximum(squared[:, None] + squared[None] - 2 * images @ images.T, 0))
   assert 0.8 * distances.max() <= float(flags['sigma_begin']) <= 1.2 * distances.max()
-  gamma = sigmas.ladder_ratio(float(flags['sigma_begin']), float(flags['sigma_end']),
+  gamma = noise.ladder_ratio(float(flags['sigma_begin']), float(flags['sigma_end']),
                               int(flags['num_scales']))
-  best = sigmas.best_step_lr(gamma, int(flags['n_steps_each']), float(flags['sigma_end']))
+  best = noise.best_step_lr(gamma, int(flags['n_steps_each']), float(flags['sigma_end']))
   assert float(flags['step_lr']) == pytest.approx(best, rel=0.05)

@@ -5,10 +5,10 @@ import pytest
 import scipy.integrate
 import scipy.special
 import tensorflow as tf
+from test_toy import _autodiff_score
 
 from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
-from test_toy import _autodiff_score
 
 
 @pytest.mark.parametrize('name', ['rings', 'grid', 'gmm8'])

@@ -10,7 +10,11 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import losses
-from ncsn_tf import train_lib
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.runtime import devices
+from ncsn_tf.training import heldout
+from ncsn_tf.training import loop as train_loop
+from ncsn_tf.training import step as train_step
 
 
 def tiny_config(workdir, **train):
@@ -29,7 +33,7 @@ def _weights(model):
 
 def test_mirrored_strategy_on_two_logical_cpus_keeps_replicas_in_sync(tmp_path):
   config = tiny_config(tmp_path, num_cpu_replicas=2, ema_rate=0.9)
-  state = train_lib.train(config)
+  state = train_loop.train(config)
   assert int(state.step.numpy()) == 40
   for var in state.model.weights + state.ema_model.weights:
     copies = [v.numpy() for v in var.value.values]
@@ -40,10 +44,10 @@ def test_mirrored_strategy_on_two_logical_cpus_keeps_replicas_in_sync(tmp_path):
 
 
 def test_rerun_resumes_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path):
-  straight = train_lib.train(tiny_config(tmp_path / 'straight'))
-  first = train_lib.train(tiny_config(tmp_path / 'split', train_steps=20))
+  straight = train_loop.train(tiny_config(tmp_path / 'straight'))
+  first = train_loop.train(tiny_config(tmp_path / 'split', train_steps=20))
   assert int(first.step.numpy()) == 20
-  resumed = train_lib.train(tiny_config(tmp_path / 'split'))
+  resumed = train_loop.train(tiny_config(tmp_path / 'split'))
   assert int(resumed.step.numpy()) == 40
   ckpts = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / 'split/checkpoints/*.index')))
   assert ckpts == ['ckpt-20.index', 'ckpt-40.index']
@@ -55,7 +59,7 @@ def test_rerun_resumes_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_pa
 
 
 def test_tensorboard_events_hold_loss_per_sigma_lr_and_speed(tmp_path):
-  train_lib.train(tiny_config(tmp_path))
+  train_loop.train(tiny_config(tmp_path))
   acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'),
                                            size_guidance={event_accumulator.TENSORS: 0})
   acc.Reload()
@@ -73,8 +77,8 @@ def test_tensorboard_events_hold_loss_per_sigma_lr_and_speed(tmp_path):
 def test_heldout_levels_without_examples_are_nan_not_zero(tmp_path):
   """32 held-out examples over 100 levels: most levels get none and have no mean."""
   config = tiny_config(tmp_path, heldout_batches=1).replace(model={'num_scales': 100})
-  state = train_lib.create_state(config, train_lib.make_strategy())
-  mean, per_sigma = train_lib.make_heldout_eval(config, state)()
+  state = checkpoints.create_state(config, devices.make_strategy())
+  mean, per_sigma = heldout.make_heldout_eval(config, state)()
   assert per_sigma.shape == (100,) and np.isfinite(mean) and mean > 0
   seen = np.isfinite(per_sigma)
   assert 0 < seen.sum() <= 32 and np.all(per_sigma[seen] > 0)
@@ -84,7 +88,7 @@ def test_heldout_levels_without_examples_are_nan_not_zero(tmp_path):
 
 def test_config_json_is_written(tmp_path):
   config = tiny_config(tmp_path, train_steps=0)
-  train_lib.train(config)
+  train_loop.train(config)
   with open(tmp_path / 'config.json') as f:
     assert config_lib.Config.from_dict(__import__('json').load(f)) == config
 
@@ -100,8 +104,8 @@ def test_nonfinite_loss_stops_loudly_and_keeps_the_last_good_checkpoint(tmp_path
     return tf.where(bad, np.nan, loss), index
 
   monkeypatch.setitem(losses.LOSSES, 'anneal_dsm', poisoned)
-  with pytest.raises(train_lib.NonFiniteLossError, match=r'step 25 in σ level 3 \(σ=1\)'):
-    train_lib.train(tiny_config(tmp_path))
+  with pytest.raises(train_loop.NonFiniteLossError, match=r'step 25 in σ level 3 \(σ=1\)'):
+    train_loop.train(tiny_config(tmp_path))
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith('ckpt-20')
 
 
@@ -110,15 +114,15 @@ def test_heldout_loss_draws_levels_uniformly_whatever_the_training_distribution(
   uniform = tiny_config(tmp_path, heldout_batches=2)
   lognormal = uniform.replace(train={'level_sampling': 'lognormal', 'level_log_mean': 2.0,
                                      'level_log_std': 0.1})
-  state = train_lib.create_state(uniform, train_lib.make_strategy())
-  mean_u, per_u = train_lib.make_heldout_eval(uniform, state)()
-  mean_l, per_l = train_lib.make_heldout_eval(lognormal, state)()
+  state = checkpoints.create_state(uniform, devices.make_strategy())
+  mean_u, per_u = heldout.make_heldout_eval(uniform, state)()
+  mean_l, per_l = heldout.make_heldout_eval(lognormal, state)()
   assert mean_u == mean_l
   np.testing.assert_array_equal(per_u, per_l)
   # Training with that distribution puts (nearly) every example on the level
   # closest to σ = e² ≈ 7.4 (the ladder is 10, 4.6, 2.2, 1): level 0.
   x = tf.random.stateless_normal([256, 2], [0, 0])
-  _, index = train_lib.loss_for(lognormal)(lambda xx, ii: tf.zeros_like(xx), x,
+  _, index = train_step.loss_for(lognormal)(lambda xx, ii: tf.zeros_like(xx), x,
                                           tf.constant(state.sigmas), tf.constant([1, 2]))
   assert np.mean(index.numpy() == 0) > 0.99
 
@@ -128,17 +132,17 @@ def test_train_minutes_stops_at_a_chunk_boundary_and_counts_over_resumes(tmp_pat
   # longer), so the run stops after 10 steps, whatever this machine's speed.
   snapshots = []
   config = tiny_config(tmp_path, train_minutes=1e-6)
-  state = train_lib.train(config, on_snapshot=lambda s, w: snapshots.append(int(s.step.numpy())))
+  state = train_loop.train(config, on_snapshot=lambda s, w: snapshots.append(int(s.step.numpy())))
   assert int(state.step.numpy()) == 10 and snapshots == [10]  # The final snapshot, as at train_steps.
-  assert train_lib.checkpoint_steps(config).keys() == {10}
+  assert checkpoints.checkpoint_steps(config).keys() == {10}
   seconds = float(state.train_seconds.numpy())
   assert seconds > 6e-5
   # Rerun: the checkpointed seconds say the budget is spent; nothing trains.
-  again = train_lib.train(config)
+  again = train_loop.train(config)
   assert int(again.step.numpy()) == 10 and float(again.train_seconds.numpy()) == seconds
-  assert train_lib.checkpoint_steps(config).keys() == {10}
+  assert checkpoints.checkpoint_steps(config).keys() == {10}
   # Lifting the budget (a resume-safe field) trains on to train_steps.
-  rest = train_lib.train(tiny_config(tmp_path, train_minutes=0))
+  rest = train_loop.train(tiny_config(tmp_path, train_minutes=0))
   assert int(rest.step.numpy()) == 40 and float(rest.train_seconds.numpy()) > seconds
   acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'),
                                            size_guidance={event_accumulator.TENSORS: 0})
@@ -148,15 +152,15 @@ def test_train_minutes_stops_at_a_chunk_boundary_and_counts_over_resumes(tmp_pat
 
 def test_a_checkpoint_without_train_seconds_resumes_and_gains_them(tmp_path):
   # Checkpoints written before --train_minutes existed hold no train_seconds.
-  old = train_lib.train(tiny_config(tmp_path / 'new', train_steps=20))
+  old = train_loop.train(tiny_config(tmp_path / 'new', train_steps=20))
   workdir = tmp_path / 'old'
   manager = tf.train.CheckpointManager(old.checkpoint(include_train_seconds=False),
                                        str(workdir / 'checkpoints'), max_to_keep=2)
   manager.save(checkpoint_number=20)
-  assert not train_lib._has_train_seconds(manager.latest_checkpoint)  # pylint: disable=protected-access
-  resumed = train_lib.train(tiny_config(workdir, train_minutes=60))
+  assert not checkpoints._has_train_seconds(manager.latest_checkpoint)  # pylint: disable=protected-access
+  resumed = train_loop.train(tiny_config(workdir, train_minutes=60))
   assert int(resumed.step.numpy()) == 40
-  for a, b in zip(_weights(resumed.model), _weights(train_lib.train(tiny_config(tmp_path / 'new')).model)):
+  for a, b in zip(_weights(resumed.model), _weights(train_loop.train(tiny_config(tmp_path / 'new')).model)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   latest = tf.train.latest_checkpoint(str(workdir / 'checkpoints'))
-  assert latest.endswith('ckpt-40') and train_lib._has_train_seconds(latest)  # pylint: disable=protected-access
+  assert latest.endswith('ckpt-40') and checkpoints._has_train_seconds(latest)  # pylint: disable=protected-access

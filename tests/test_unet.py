@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from ncsn_tf import config as config_lib
-from ncsn_tf import sigmas as sigmas_lib
+from ncsn_tf import noise
 from ncsn_tf.data import shapes
-from ncsn_tf.models.unet import NORMS, ScoreUNet, group_count, input_scale
+from ncsn_tf.models.unet import group_count
+from ncsn_tf.models.unet import input_scale
+from ncsn_tf.models.unet import NORMS
+from ncsn_tf.models.unet import ScoreUNet
 
 SIGMAS = [5.0, 1.0, 0.2, 0.04]
 
@@ -118,7 +121,7 @@ def test_input_scale_gives_noisy_shapes_about_unit_variance_at_every_level():
   x = shapes.shapes_images(256, 32, seed=1).astype(np.float32) / 255.0
   data_variance = float(np.var(2.0 * x - 1.0))
   assert 0.5 < data_variance < 1.0  # flat light or dark backgrounds, mid-tone shapes
-  for sigma in sigmas_lib.geometric_sigmas(50.0, 0.01, 100)[::9]:
+  for sigma in noise.geometric_sigmas(50.0, 0.01, 100)[::9]:
     noisy = x + sigma * rng.normal(size=x.shape).astype(np.float32)
     std = float(np.std((2.0 * noisy - 1.0) * np.asarray(input_scale(np.float32([sigma])))))
     expected = np.sqrt((data_variance + 4.0 * sigma ** 2) / (1.0 + 4.0 * sigma ** 2))

@@ -40,14 +40,18 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from ncsn_tf import config as config_lib
-from ncsn_tf import data as data_lib
-from ncsn_tf import export as export_lib
+
+
+
 from ncsn_tf import plots
-from ncsn_tf import train_lib
+
 from ncsn_tf.data import shapes
 from ncsn_tf.metrics import shape_fit
 from ncsn_tf.sampling import langevin
+from ncsn_tf import config as config_lib
+from ncsn_tf.data import pipeline as data_lib
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.serving import module as serving_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ZOOM_SAMPLES = 16
@@ -92,7 +96,7 @@ def restore(workdir: str):
   with open(os.path.join(workdir, 'config.json')) as f:
     # The workdir given here, not the one recorded (relative to where training ran).
     config = config_lib.Config.from_dict(json.load(f)).replace(workdir=workdir)
-  return config, train_lib.restore_for_inference(config)
+  return config, checkpoints.restore_for_inference(config)
 
 
 def held_out_images(config, num: int = DENOISE_IMAGES) -> np.ndarray:
@@ -177,7 +181,7 @@ def erosion_figure(config, state):
   levels = len(sigmas)
   model, s = state.ema_model, config.sampling
   denoise = lambda x, i: x + sigmas[i]**2 * np.asarray(model(x, tf.fill([len(x)], i)), np.float32)
-  x_init = export_lib.initial_state(data_lib.data_shape(config.data), tf.constant(EROSION_SAMPLES),
+  x_init = serving_module.initial_state(data_lib.data_shape(config.data), tf.constant(EROSION_SAMPLES),
                                     tf.constant([config.seed, 0]), config.data)
   # One snapshot per level: the state at the end of each level's T steps (the
   # last one after the final denoising step when the run denoises).

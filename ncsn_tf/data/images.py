@@ -35,24 +35,9 @@ from typing import Callable
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
 
-from ncsn_tf.data import NUM_CLASSES  # Labelled datasets -> classes.
-from ncsn_tf.data import digits
-from ncsn_tf.data import shapes
-
-SUPPORTED = ('mnist', 'cifar10', 'celeba', 'folder', 'shapes', 'digits')
-# Held in memory as numpy arrays: cheap to replay to an exact position on resume.
-IN_MEMORY = ('shapes', 'digits')
-
-# Our dataset names -> TFDS builder names.
-TFDS_NAMES = {'mnist': 'mnist', 'cifar10': 'cifar10', 'celeba': 'celeb_a'}
-# Side length used when `image_size` is None.
-DEFAULT_SIZES = {'mnist': 28, 'cifar10': 32, 'celeba': 32, 'folder': 32,
-                 'shapes': 32, 'digits': 16}
-CHANNELS = {'mnist': 1, 'cifar10': 3, 'celeba': 3, 'folder': 3, 'shapes': 3,
-            'digits': 1}
+from ncsn_tf import catalog
 
 # CelebA: side of the centre crop applied to the aligned 218x178 faces before
 # resizing (reference `transforms.CenterCrop(140)`).
@@ -98,13 +83,14 @@ def native_shape(name: str, image_size: int | None) -> tuple[int, int, int]:
   digits image_size x image_size x 1 (16 by default; a multiple of 8).
   A given `image_size` that differs from the native size means "resize to it".
   """
-  _check_name(name)
-  size = DEFAULT_SIZES[name] if image_size is None else int(image_size)
+  spec = _image_spec(name)
+  size = spec.default_size if image_size is None else int(image_size)
   if size <= 0:
     raise ValueError(f'image_size must be positive, got {image_size}.')
-  if name == 'digits':
-    digits.check_image_size(size)
-  return size, size, CHANNELS[name]
+  if spec.in_memory and size % spec.size_multiple:
+    raise ValueError(f'{name}: image_size must be a multiple of {spec.size_multiple} '
+                     f'(its native size), got {size}')
+  return size, size, spec.channels
 
 
 def logit_transform(x, lam: float = LOGIT_LAMBDA):
@@ -163,7 +149,7 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
   """Batched float32 images (and optionally labels) for training or evaluation.
 
   Args:
-    name: one of SUPPORTED.
+    name: an image dataset of ncsn_tf/catalog.py.
     split: 'train' or 'test' (CelebA also 'validation'; any TFDS split string such
       as 'train[:90%]' works for the TFDS datasets).
     image_size: output side length; None for the native size (see native_shape).
@@ -178,7 +164,7 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
     seed: seeds shuffling, flips and noise; same arguments -> same batches.
     input_context: from `strategy.distribute_datasets_from_function`; each input
       pipeline then reads a disjoint 1/num_input_pipelines of the data.
-    with_labels: also yield each image's class (datasets in NUM_CLASSES only).
+    with_labels: also yield each image's class (labelled datasets only).
       Labels travel with their images through sharding, shuffling, flips and
       noise.
 
@@ -186,7 +172,7 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
     tf.data.Dataset of float32 [batch_size, H, W, C] (H, W, C = native_shape),
     in [0, 1] (dequantised values lie in [0, 1)), or in logit space
     (about [-13.8, 13.8]) if logit_transform. With labels, of tuples
-    (images, labels int32 [batch_size] in [0, NUM_CLASSES[name])).
+    (images, labels int32 [batch_size] in [0, the dataset's classes)).
 
   Raises:
     DatasetUnavailableError: a TFDS dataset is not prepared in data_dir.
@@ -197,9 +183,10 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
   height, width, channels = native_shape(name, image_size)
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
-  if with_labels and name not in NUM_CLASSES:
+  spec = catalog.get(name)
+  if with_labels and not spec.num_classes:
     raise ValueError(f'--dataset={name} has no class labels; labelled datasets: '
-                     f'{", ".join(NUM_CLASSES)}.')
+                     f'{", ".join(catalog.labelled())}.')
   num_pipelines, pipeline_id = _pipeline_index(input_context)
   # Independent seeds per purpose and per input pipeline, so pipelines neither share
   # nor correlate their shuffles and noise. TFDS file shuffling keeps the base
@@ -208,16 +195,16 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
       int(s) for s in np.random.SeedSequence([seed, pipeline_id]).generate_state(2))
 
   # Elements: uint8 images [H, W, C], or (image, int32 label) with labels.
-  if name in TFDS_NAMES:
+  if spec.source == 'tfds':
     images = _tfds_images(name, split=split, size=height, data_dir=data_dir,
                           shuffle_files=shuffle, seed=seed,
                           num_pipelines=num_pipelines, pipeline_id=pipeline_id,
                           with_labels=with_labels)
-  elif name == 'folder':
+  elif spec.source == 'folder':
     images = _folder_images(data_path, split=split, size=height, shuffle=shuffle,
                             seed=shuffle_seed, num_pipelines=num_pipelines,
                             pipeline_id=pipeline_id)
-  else:  # IN_MEMORY: shapes, digits.
+  else:  # Held in memory (shapes, digits, a registered dataset).
     arrays = in_memory_split(name, split, height, with_labels=with_labels)
     images = tf.data.Dataset.from_tensor_slices(
         arrays if with_labels else arrays[0]).shard(num_pipelines, pipeline_id)
@@ -251,15 +238,21 @@ def image_dataset(name: str, *, split: str = 'train', image_size: int | None,
 
 def in_memory_split(name: str, split: str, size: int, *, with_labels: bool = True
                     ) -> tuple[np.ndarray, np.ndarray | None]:
-  """(uint8 images [N, size, size, C], int32 labels [N] or None) of shapes or digits."""
-  if name == 'digits':
-    images, labels = digits.load_digits_split(split, size)
-    return images, labels if with_labels else None
-  if name == 'shapes':
-    images = shapes.shapes_split_images(split, image_size=size)
-    labels = shapes.shapes_split_labels(split, image_size=size) if with_labels else None
-    return images, labels
-  raise ValueError(f'{name!r} is not an in-memory dataset; those are {IN_MEMORY}.')
+  """(uint8 images [N, size, size, C], int32 labels [N] or None) of a dataset held in
+  memory (the catalog row's `load`: shapes, digits, a registered one)."""
+  spec = catalog.get(name)
+  if not spec.in_memory:
+    raise ValueError(f'{name!r} is not held in memory (its source is {spec.source})')
+  if split not in spec.splits:
+    raise ValueError(f'{name} has the splits {", ".join(spec.splits)}, got {split!r}')
+  images, labels = spec.load(split, size)
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.shape[1:] != (size, size, spec.channels):
+    raise ValueError(f'{name}: load({split!r}, {size}) must return uint8 images '
+                     f'[N, {size}, {size}, {spec.channels}], got {images.dtype} {images.shape}')
+  if not with_labels:
+    return images, None
+  return images, np.asarray(labels, np.int32)
 
 
 def folder_files(data_path: str, split: str = 'train') -> list[str]:
@@ -325,9 +318,12 @@ def check_folder_files(files: list[str], data_path: str = '') -> list[str]:
   return good
 
 
-def _check_name(name: str) -> None:
-  if name not in SUPPORTED:
-    raise ValueError(f'Unknown image dataset {name!r}; supported: {SUPPORTED}.')
+def _image_spec(name: str) -> catalog.DatasetSpec:
+  spec = catalog.get(name)
+  if spec.is_toy:
+    raise ValueError(f'{name!r} is a 2-D toy, not an image dataset; image datasets: '
+                     f'{", ".join(catalog.image_names())}')
+  return spec
 
 
 def _pipeline_index(input_context) -> tuple[int, int]:
@@ -358,7 +354,8 @@ def _tfds_images(name: str, *, split: str, size: int, data_dir: str | None,
 
   With labels, (image, int32 label) pairs from the TFDS 'label' feature.
   """
-  tfds_name = TFDS_NAMES[name]
+  import tensorflow_datasets as tfds  # Only tfds sources pay for importing it (seconds).
+  tfds_name = catalog.get(name).tfds_name
   # Building the builder reads only metadata; nothing is downloaded or prepared.
   builder = tfds.builder(tfds_name, data_dir=data_dir)
   # When the split sizes are known (a prepared dataset), shard with the split API:

@@ -139,26 +139,6 @@ def _split_stream(split: str, num_images: int | None, data_seed: int) -> tuple[i
   return num_images, int(split_seed.generate_state(1)[0])
 
 
-def shapes_dataset(*, split: str = 'train', image_size: int = 32, batch_size: int,
-                   data_dir=None, data_path=None, random_flip: bool = True,
-                   dequantize: bool = True, logit_transform: bool = False,
-                   shuffle: bool = True, repeat: bool = True, seed: int = 0,
-                   input_context=None, with_labels: bool = False):
-  """The shapes split as a batched tf.data.Dataset; same API as `image_dataset`.
-
-  Equivalent to `ncsn_tf.data.images.image_dataset('shapes', ...)`: float32 batches
-  [batch_size, S, S, 3] in [0, 1] (logit space if `logit_transform`). The image
-  content is fixed (the default split sizes and data seed); `seed` drives shuffling,
-  flips and dequantisation noise only. `data_dir` and `data_path` are ignored.
-  With labels, (images, int32 labels [batch_size]) from `shapes_split_labels`.
-  """
-  # Imported here because images.py imports this module for its 'shapes' source.
-  from ncsn_tf.data import images  # pylint: disable=g-import-not-at-top
-  return images.image_dataset(
-      'shapes', split=split, image_size=image_size, batch_size=batch_size,
-      data_dir=data_dir, data_path=data_path, random_flip=random_flip,
-      dequantize=dequantize, logit_transform=logit_transform, shuffle=shuffle,
-      repeat=repeat, seed=seed, input_context=input_context, with_labels=with_labels)
 
 
 def _draw_parameters(rng: np.random.Generator, n: int, size: int) -> dict:

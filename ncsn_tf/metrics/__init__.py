@@ -8,13 +8,13 @@ explicitly. The end-to-end pipeline (sampling -> features -> metrics.json) is
 `ncsn_tf.evaluation`.
 """
 
-from ncsn_tf.metrics.image import RunningStatistics
 from ncsn_tf.metrics.image import activation_statistics
 from ncsn_tf.metrics.image import fid_from_activations
 from ncsn_tf.metrics.image import fid_from_statistics
 from ncsn_tf.metrics.image import inception_score_from_logits
 from ncsn_tf.metrics.image import kid_from_activations
 from ncsn_tf.metrics.image import load_statistics
+from ncsn_tf.metrics.image import RunningStatistics
 from ncsn_tf.metrics.image import save_statistics
 
 __all__ = [

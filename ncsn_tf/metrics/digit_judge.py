@@ -37,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from ncsn_tf.data import digits
 from ncsn_tf.metrics.image import fid_from_activations
 from ncsn_tf.metrics.image import inception_score_from_logits
+from ncsn_tf.runtime import artifacts
 
 NUM_CLASSES = 10
 # The classifier (see the module docstring). Two layers of 128 and 64 reach
@@ -399,7 +401,6 @@ def real_frechet_at_size(classifier: CleanClassifier, train_images: Any, referen
 @functools.lru_cache(maxsize=None)
 def fitted_classifier(image_size: int, seed: int = 0) -> CleanClassifier:
   """The clean classifier fitted on the training digits at `image_size`, cached per process."""
-  from ncsn_tf.data import digits
   images, labels = digits.load_digits_split('train', image_size)
   return CleanClassifier().fit(images / 255.0, labels, seed=seed)
 
@@ -423,8 +424,6 @@ def write_judgement(samples: Any, requested_labels: Any, image_size: int, out_di
   """
   from absl import logging
 
-  from ncsn_tf import metrics_file
-  from ncsn_tf.data import digits
   digits.check_image_size(image_size)
   samples = check_images(samples, 'samples', image_size)
   if requested_labels is not None:
@@ -450,5 +449,5 @@ def write_judgement(samples: Any, requested_labels: Any, image_size: int, out_di
                data['frechet_distance_at_sample_size'],
                ours['nn_distance_median'], data['nn_distance_median'])
   os.makedirs(out_dir, exist_ok=True)
-  metrics_file.write_json(os.path.join(out_dir, JUDGEMENT_FILE), report)
+  artifacts.write_json(os.path.join(out_dir, JUDGEMENT_FILE), report)
   return report

@@ -27,7 +27,9 @@ optionally, features (for KID).
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, NamedTuple
+from typing import Any
+from typing import Iterable
+from typing import NamedTuple
 
 import keras
 import numpy as np

@@ -47,7 +47,8 @@ in __init__ and stored on the instance: `model.score_sigma is model.score_sigma`
 import numpy as np
 import tensorflow as tf
 
-from ncsn_tf.noise import expand_to, nearest_level_index
+from ncsn_tf.noise import expand_to
+from ncsn_tf.noise import nearest_level_index
 
 #: Relative tolerance in σ of the ladder adapter: a σ within it of a level is
 #: that level. Float32 σ computed through an SDE's σ(t) at a level's time lands

@@ -1,23 +1,4 @@
-"""The configured sampler: where a Config becomes a noise process and a sampling function.
-
-Every caller that draws samples (`--mode=sample`, the snapshots during
-training, evaluation, the `sample` export) goes through `ConfiguredSampler`,
-so a sampler added to the registry (ncsn_tf/sampling/registry.py) reaches all
-of them through one setting, `--sampler`.
-
-- `--sampler=ald`: the paper's annealed Langevin dynamics on the ladder
-  (sampling/langevin.py), from uniform noise (`uniform_initial_state`), with
-  the network asked at its level index: exactly the chain, the seeds and so
-  the samples of the package before the SDE samplers existed.
-- `--sampler=pc | ode | heun`: the SDE samplers over the score of p_t,
-  `ScoreModel.score_t(x, t, sde)`, from the SDE's prior.
-
-Trace reuse: the samplers are `tf.function`s keyed on their Python arguments,
-so the SDE object and the score callable must stay the same objects from call
-to call (a snapshot every few thousand steps would otherwise retrace the whole
-chain). `build_sde` is cached on the (frozen, hashable) model config and
-`time_score_fn` on the score model.
-"""
+"""TODO docstring (from ncsn_tf.sampling.configured)."""
 
 import functools
 import weakref
@@ -28,21 +9,9 @@ import tensorflow as tf
 from ncsn_tf import config as config_lib
 from ncsn_tf import noise
 from ncsn_tf.data import toy
+from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.sampling import langevin
 from ncsn_tf.sampling import registry
-
-
-@functools.lru_cache(maxsize=None)
-def build_sde(model: config_lib.ModelConfig) -> noise.SDE | None:
-  """The model config's noise process; None for the discrete ladder (--sde=none)."""
-  if model.sde == 've':
-    return noise.VESDE(sigma_min=model.sigma_end, sigma_max=model.sigma_begin,
-                       prior_mean=model.prior_mean)
-  if model.sde == 'vp':
-    return noise.VPSDE(beta_min=model.beta_min, beta_max=model.beta_max)
-  if model.sde == 'subvp':
-    return noise.SubVPSDE(beta_min=model.beta_min, beta_max=model.beta_max)
-  return None
 
 
 def uniform_initial_state(shape, num: tf.Tensor, seed: tf.Tensor,
@@ -107,7 +76,7 @@ class ConfiguredSampler:
     self.score_model = score_model
     self.shape = tuple(int(d) for d in data_shape)
     self.name = config.sampling.sampler
-    self.sde = build_sde(config.model)
+    self.sde = noise.build_sde(config.model)
     self.settings = sampler_settings(config.sampling)
     if self.name != 'ald':
       if self.sde is None or not score_model.is_continuous:
@@ -154,7 +123,6 @@ def as_score_model(model, sigmas):
   """`model` if it is a ScoreModel (or answers like one: a guided model of
   sampling/guidance.py), else a ladder network s(x, sigma_index) wrapped
   with its ladder, the same wrapper for the same network (trace reuse)."""
-  from ncsn_tf.models.score_model import ScoreModel
   if isinstance(model, ScoreModel) or all(
       hasattr(model, name) for name in ('score_index', 'score_sigma', 'score_t')):
     return model

@@ -56,10 +56,14 @@ sampling/guidance.py) is not split: its labels are the whole batch's, and
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Iterator, Sequence
+from typing import Callable
+from typing import Iterator
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from ncsn_tf.runtime import devices
 
 _METHODS = ('score_index', 'score_sigma', 'score_t')
 
@@ -71,8 +75,7 @@ def sampling_strategy(config) -> tf.distribute.Strategy:
   so a state built by `train` or `restore_for_inference(config, strategy)` has
   its weights mirrored on exactly the devices the score is split over.
   """
-  from ncsn_tf import train_lib
-  return train_lib.make_strategy(config.train.num_cpu_replicas, config.train.strategy)
+  return devices.make_strategy(config.train.num_cpu_replicas, config.train.strategy)
 
 
 def local_replicas(strategy) -> int:

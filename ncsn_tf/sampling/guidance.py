@@ -50,6 +50,8 @@ import tensorflow as tf
 from ncsn_tf import config as config_lib
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.noise import expand_to
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.sampling import draw
 
 _METHODS = ('score_index', 'score_sigma', 'score_t')
 
@@ -209,8 +211,7 @@ class Classifier:
 
 def load_classifier(config: config_lib.Config) -> Classifier:
   """The classifier of --classifier_workdir, restored from its latest checkpoint."""
-  from ncsn_tf import train_lib
-  state = train_lib.restore_for_inference(classifier_config(config))
+  state = checkpoints.restore_for_inference(classifier_config(config))
   return Classifier(state.ema_model, state.ema_model.num_classes)
 
 
@@ -234,14 +235,13 @@ def draw_guided_samples(config: config_lib.Config, score_model: ScoreModel, labe
   one tf.Variable that the guided model reads, so every batch reuses one
   traced sampler. Returns (samples [M, *shape], trajectory [K, M, *shape]).
   """
-  from ncsn_tf import modes
   labels = np.asarray(labels, np.int32).reshape(-1)
   label_var = tf.Variable(labels[:0], shape=tf.TensorShape([None]), trainable=False,
                           name='guidance_labels')
   guided = guided_score_model(config.sampling.guidance, score_model, label_var,
                               float(config.sampling.guidance_scale), classifier=classifier)
   # modes.draw_samples' batches, seeds and trajectories; each batch first gets its labels.
-  return modes.draw_samples(config, guided, score_model.sigmas, num=len(labels), seed=seed,
+  return draw.draw_samples(config, guided, score_model.sigmas, num=len(labels), seed=seed,
                             show_progress=show_progress,
                             before_batch=lambda start, size: label_var.assign(
                                 labels[start:start + size]))

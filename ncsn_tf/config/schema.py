@@ -1,74 +1,110 @@
-"""The run configuration: frozen dataclasses grouped by concern, and validation.
-
-`Config` is the only thing library code receives (never absl FLAGS). Every
-invalid value raises `ConfigError` whose message names the command-line flag
-and what is allowed, so `run.py` can print it as one line and exit nonzero
-before any work is done.
-
-Every field is declared with `setting(default, help, ...)`: its flag name, help
-text, allowed values and resume-safety live in the field's metadata, from which
-ncsn_tf/flags.py defines the command-line flags and builds the Config, and
-`python -m ncsn_tf.configuration_doc` writes docs/configuration.md.
-"""
+"""TODO docstring (from ncsn_tf.config)."""
 
 import dataclasses
 import json
 import os
 
-TOY_DATASETS = ('gmm', 'banana', 'rings', 'grid', 'gmm8')
-IMAGE_DATASETS = ('mnist', 'cifar10', 'celeba', 'folder', 'shapes', 'digits')
+from ncsn_tf import catalog
+
+
+
 MODES = ('train', 'sample', 'eval', 'export', 'experiment', 'inpaint', 'colorize', 'stats',
          'likelihood')
-#: Image datasets with one channel (ncsn_tf/data/images.py CHANNELS; a test keeps them equal).
-GREY_DATASETS = ('mnist', 'digits')
+
+
 #: --inception_kind values: the network whose features FID/IS/KID use (ncsn_tf/evaluation.py).
 INCEPTION_KINDS = ('fid_graph', 'keras', 'tiny_random')
+
+
 MODELS = ('mlp', 'refinenet', 'unet')
+
+
 # Score networks for images: the paper's RefineNet, or a small U-Net (models/unet.py).
 IMAGE_MODELS = ('refinenet', 'unet')
+
+
 # The U-Net halves the resolution three times (32 -> 4).
 UNET_SIZE_MULTIPLE = 8
+
+
 LOSSES = ('anneal_dsm', 'esm', 'ism', 'dsm', 'ssm', 'ssm_vr', 'anneal_ssm', 'continuous_dsm')
+
+
 PROJECTIONS = ('gaussian', 'rademacher')
+
+
 #: --experiment values of --mode=experiment (see ncsn_tf/experiments.py).
 EXPERIMENTS = ('all', 'objectives', 'trajectories', 'samplers', 'weights', 'sde_samplers')
+
+
 #: The experiments of a continuous-σ run (--noise_embedding=fourier); the others train ladder networks.
 CONTINUOUS_EXPERIMENTS = ('sde_samplers',)
+
+
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+
+
 #: --strategy values: auto (GPUs or --num_cpu_replicas, else one device),
 #: mirrored (MirroredStrategy on this machine), multi_worker (TF_CONFIG).
 STRATEGIES = ('auto', 'mirrored', 'multi_worker')
+
+
 #: --lr_schedule values (ncsn_tf/lr_schedule.py).
 LR_SCHEDULES = ('constant', 'cosine')
+
+
 #: --level_sampling values: how training draws each example's noise level.
 LEVEL_SAMPLINGS = ('uniform', 'lognormal')
+
+
 #: --preconditioning values: how the image network's output becomes the score.
 PRECONDITIONINGS = ('none', 'edm')
+
+
 #: --unet_norm values (models/unet.py NORMS): GroupNorm, or none with a unit-scale input.
 UNET_NORMS = ('group', 'none')
+
+
 #: --sde values: none (NCSN's discrete ladder) or a noise process of ncsn_tf/noise.py.
 SDES = ('none', 've', 'vp', 'subvp')
+
+
 #: --noise_embedding values: one learned row per ladder level, or Fourier features of log σ.
 NOISE_EMBEDDINGS = ('ladder', 'fourier')
+
+
 #: Networks that take a continuous σ with --noise_embedding=fourier.
 CONTINUOUS_MODELS = ('mlp', 'unet')
+
+
 #: --sampler values (ncsn_tf/sampling/registry.py SAMPLERS; a test keeps them equal).
 SAMPLERS = ('ald', 'pc', 'ode', 'heun')
+
+
 #: --likelihood_source values: score a dataset split, or the model's own samples.
 LIKELIHOOD_SOURCES = ('data', 'samples')
+
+
 #: --probe values: the Hutchinson probes' distribution (ncsn_tf/likelihood.py PROBES).
 HUTCHINSON_PROBES = ('rademacher', 'gaussian')
+
+
 #: Splits --likelihood_split may name (a dataset without one fails before any work).
 SPLITS = ('train', 'test', 'validation')
+
+
 #: --task values: train a score network, or a noise-conditional classifier p(y | x, σ).
 TASKS = ('score', 'classifier')
+
+
 #: --guidance values (ncsn_tf/sampling/guidance.py): none, classifier guidance, classifier-free.
 GUIDANCES = ('none', 'classifier', 'free')
-#: Classes of the labelled datasets, for validation without importing TensorFlow
-#: (ncsn_tf.data.NUM_CLASSES is the source; tests/test_guidance.py keeps them equal).
-LABELLED_DATASETS = {'mnist': 10, 'cifar10': 10, 'digits': 10, 'shapes': 3}
+
+
 #: --predictor and --corrector values of --sampler=pc (ncsn_tf/sampling/pc.py).
 PREDICTORS = ('reverse_diffusion', 'euler_maruyama', 'ancestral', 'none')
+
+
 CORRECTORS = ('langevin', 'ald', 'none')
 
 
@@ -105,8 +141,8 @@ def setting(default, help: str, *, flag: str | None = None, choices: tuple | Non
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """The dataset and its preprocessing (ncsn_tf/data/)."""
-  dataset: str = setting('gmm', f'One of {", ".join(TOY_DATASETS + IMAGE_DATASETS)}.',
-                         choices=TOY_DATASETS + IMAGE_DATASETS)
+  dataset: str = setting('gmm', f'A dataset of ncsn_tf/catalog.py: {", ".join(catalog.names())} '
+                         '(or one an --extensions module registers).')
   data_dir: str | None = setting(None, 'tensorflow_datasets data_dir.', resume_safe=True)
   data_path: str | None = setting(None, 'Folder of JPEG/PNG images for --dataset=folder.',
                                   resume_safe=True)
@@ -116,7 +152,7 @@ class DataConfig:
 
   @property
   def is_toy(self) -> bool:
-    return self.dataset in TOY_DATASETS
+    return catalog.get(self.dataset).is_toy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,6 +422,8 @@ class Config:
 #: Config's groups by field name; Config's own fields (name, workdir, ...) form the group 'run'.
 GROUPS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig,
           'sampling': SamplingConfig, 'export': ExportConfig, 'eval': EvalConfig}
+
+
 _FLAG_TYPES = (str, int, float, bool)
 
 
@@ -457,360 +495,3 @@ def settings() -> tuple:
     if 'help' not in s.field.metadata:
       raise TypeError(f'{s.path}: declare Config fields with config.setting(...)')
   return tuple(found)
-
-
-def _require(condition: bool, flag: str, message: str):
-  if not condition:
-    raise ConfigError(f'--{flag}: {message}')
-
-
-def validate(config: Config) -> Config:
-  """Checks every field; returns `config` or raises ConfigError naming the flag.
-
-  Fields with `choices` are checked here first, for every setting alike; the
-  rest of the checks are per field and across fields.
-  """
-  for s in settings():
-    if s.choices:
-      value = s.get(config)
-      _require(value in s.choices, s.flag,
-               f'must be one of {", ".join(s.choices)}, got {value!r}')
-  _require(bool(config.workdir), 'workdir', 'must not be empty')
-  _require(config.seed >= 0, 'seed', f'must be >= 0, got {config.seed}')
-  if config.mode == 'inpaint':
-    _require(not config.data.is_toy, 'mode', 'inpaint needs an image --dataset')
-  if config.mode == 'colorize':
-    _require(not config.data.is_toy and config.data.dataset not in GREY_DATASETS, 'mode',
-             f'colorize needs an RGB image --dataset; {config.data.dataset} has '
-             f'{"2-D points" if config.data.is_toy else "one channel"}')
-    _require(not config.data.logit_transform, 'logit_transform',
-             'colorize knows the grey axis of pixel values, which is not linear in logits: '
-             'pass --logit_transform=false')
-  if config.mode == 'experiment':
-    _require(config.data.is_toy, 'mode', 'experiment needs a toy --dataset (exact scores)')
-  if config.train.loss == 'esm':
-    _require(config.data.is_toy, 'loss', 'esm needs the exact score: toy datasets only')
-  _validate_data(config.data)
-  _validate_model(config.model, config.data)
-  _validate_train(config.train)
-  _validate_sampling(config.sampling)
-  _validate_continuous(config)
-  _validate_labels(config)
-  _validate_eval(config)
-  _require(bool(config.export.export_dir), 'export_dir', 'must not be empty')
-  _require_writable_dir(config.workdir, 'workdir')
-  _require_writable_dir(config.export.export_dir, 'export_dir')
-  return config
-
-
-def _require_writable_dir(path: str, flag: str):
-  """`path` is a writable directory, or can be created under a writable one."""
-  existing = os.path.abspath(path)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if existing == os.path.abspath(path):
-    _require(os.path.isdir(path), flag, f'{path!r} exists and is not a directory')
-    _require(os.access(path, os.W_OK | os.X_OK), flag,
-             f'{path!r} is not writable; choose another --{flag} or fix its permissions')
-  else:
-    _require(os.path.isdir(existing), flag,
-             f'cannot create {path!r}: {existing!r} is a file, not a directory')
-    _require(os.access(existing, os.W_OK | os.X_OK), flag,
-             f'cannot create {path!r}: {existing!r} is not writable')
-
-
-def tf_config_cluster() -> dict | None:
-  """The parsed TF_CONFIG environment variable, or None when it is unset."""
-  raw = os.environ.get('TF_CONFIG')
-  if not raw:
-    return None
-  try:
-    parsed = json.loads(raw)
-  except json.JSONDecodeError as e:
-    raise ConfigError(f'--strategy: TF_CONFIG is not valid JSON ({e})') from None
-  _require(isinstance(parsed, dict) and isinstance(parsed.get('cluster'), dict)
-           and isinstance(parsed.get('task'), dict), 'strategy',
-           'TF_CONFIG must be {"cluster": {...}, "task": {"type": ..., "index": ...}}')
-  return parsed
-
-
-def num_workers(train: 'TrainConfig') -> int:
-  """Workers (chief included) of a multi_worker run; 1 otherwise."""
-  if train.strategy != 'multi_worker':
-    return 1
-  cluster = tf_config_cluster() or {'cluster': {}}
-  return sum(len(cluster['cluster'].get(kind, [])) for kind in ('chief', 'worker')) or 1
-
-
-def _validate_data(data: DataConfig):
-  if data.dataset == 'folder':
-    _require(bool(data.data_path), 'data_path', 'is required with --dataset=folder')
-    _require(os.path.isdir(data.data_path), 'data_path', f'{data.data_path!r} is not a directory')
-    _require(os.access(data.data_path, os.R_OK | os.X_OK), 'data_path',
-             f'{data.data_path!r} is not readable; fix its permissions')
-  if data.dataset == 'digits':  # Upscaled by an integer factor from 8x8 (data/digits.py).
-    _require(data.image_size >= 8 and data.image_size % 8 == 0, 'image_size',
-             f'--dataset=digits needs a multiple of 8 (native 8x8), got {data.image_size}')
-  elif not data.is_toy:
-    _require(data.image_size >= 16 and data.image_size % 4 == 0, 'image_size',
-             f'must be a multiple of 4 and >= 16, got {data.image_size}')
-
-
-def _validate_model(model: ModelConfig, data: DataConfig):
-  if data.is_toy:
-    _require(model.name == 'mlp', 'model', f'toy datasets use --model=mlp, got {model.name!r}')
-  else:
-    _require(model.name in IMAGE_MODELS, 'model',
-             f'image datasets use --model=refinenet or unet, got {model.name!r}')
-    if model.name == 'unet':
-      _require(data.image_size % UNET_SIZE_MULTIPLE == 0, 'image_size',
-               f'--model=unet needs a multiple of {UNET_SIZE_MULTIPLE}, got {data.image_size}')
-  _require(model.sigma_end > 0, 'sigma_end', f'must be > 0, got {model.sigma_end}')
-  _require(model.num_scales >= 1, 'num_scales', f'must be >= 1, got {model.num_scales}')
-  if model.num_scales > 1:
-    _require(model.sigma_begin > model.sigma_end, 'sigma_begin',
-             f'must be > --sigma_end ({model.sigma_end}), got {model.sigma_begin}')
-  _require(model.ngf >= 1, 'ngf', f'must be >= 1, got {model.ngf}')
-  _require(model.num_layers >= 1, 'num_layers', f'must be >= 1, got {model.num_layers}')
-  if not model.conditional_norm:
-    _require(model.name == 'refinenet', 'conditional_norm',
-             f'false applies to --model=refinenet only, got {model.name!r}')
-    _require(model.scale_by_sigma or model.preconditioning == 'edm', 'conditional_norm',
-             'false needs --scale_by_sigma or --preconditioning=edm: with shared '
-             'normalizers only the output scaling tells the noise levels apart')
-  # Checked for every model, used by the U-Net only (as --ngf is shared), so a
-  # flagfile that sets it can be rerun with --model=refinenet.
-  if model.preconditioning == 'edm':
-    _require(model.name in IMAGE_MODELS, 'preconditioning',
-             f'edm applies to --model={" or ".join(IMAGE_MODELS)}, got {model.name!r}')
-    _require(not model.scale_by_sigma, 'preconditioning',
-             'edm scales the output itself; pass --scale_by_sigma=false with it')
-    _require(model.sigma_data > 0, 'sigma_data', f'must be > 0, got {model.sigma_data}')
-
-
-def _validate_train(train: TrainConfig):
-  _require(train.batch_size >= 1, 'batch_size', f'must be >= 1, got {train.batch_size}')
-  _require(train.num_projections >= 1, 'num_projections', f'must be >= 1, got {train.num_projections}')
-  _require(train.learning_rate > 0, 'learning_rate', f'must be > 0, got {train.learning_rate}')
-  _require(0 <= train.beta1 < 1, 'beta1', f'must be in [0, 1), got {train.beta1}')
-  _require(train.warmup_steps >= 0, 'warmup_steps', f'must be >= 0, got {train.warmup_steps}')
-  _require(train.level_log_std > 0, 'level_log_std', f'must be > 0, got {train.level_log_std}')
-  _require(train.train_steps >= 0, 'train_steps', f'must be >= 0, got {train.train_steps}')
-  _require(train.train_minutes >= 0, 'train_minutes', f'must be >= 0, got {train.train_minutes}')
-  _require(train.snapshot_freq >= 1, 'snapshot_freq', f'must be >= 1, got {train.snapshot_freq}')
-  _require(train.log_freq >= 1, 'log_freq', f'must be >= 1, got {train.log_freq}')
-  _require(0 <= train.ema_rate < 1, 'ema_rate', f'must be in [0, 1), got {train.ema_rate}')
-  _require(train.num_cpu_replicas >= 0, 'num_cpu_replicas',
-           f'must be >= 0, got {train.num_cpu_replicas}')
-  if train.num_cpu_replicas > 1:
-    _require(train.batch_size % train.num_cpu_replicas == 0, 'batch_size',
-             f'({train.batch_size}) must be divisible by --num_cpu_replicas ({train.num_cpu_replicas})')
-  _require(train.heldout_batches >= 0, 'heldout_batches',
-           f'must be >= 0, got {train.heldout_batches}')
-  _require(train.max_checkpoints >= 1, 'max_checkpoints', f'must be >= 1, got {train.max_checkpoints}')
-  _require(train.max_chunk_steps >= 1, 'max_chunk_steps', f'must be >= 1, got {train.max_chunk_steps}')
-  if train.strategy == 'multi_worker':
-    _require(tf_config_cluster() is not None, 'strategy',
-             'multi_worker needs the TF_CONFIG environment variable (cluster and task); '
-             'see docs/operating.md')
-    _require(train.num_cpu_replicas <= 1, 'num_cpu_replicas',
-             'is for one machine; with --strategy=multi_worker use one CPU per worker')
-    workers = num_workers(train)
-    _require(train.batch_size % workers == 0, 'batch_size',
-             f'({train.batch_size}) must be divisible by the number of workers ({workers})')
-
-
-def _validate_sampling(sampling: SamplingConfig):
-  _require(sampling.n_steps_each >= 1, 'n_steps_each', f'must be >= 1, got {sampling.n_steps_each}')
-  _require(sampling.step_lr > 0, 'step_lr', f'must be > 0, got {sampling.step_lr}')
-  _require(sampling.num_samples >= 1, 'num_samples', f'must be >= 1, got {sampling.num_samples}')
-  _require(sampling.sample_batch_size >= 1, 'sample_batch_size',
-           f'must be >= 1, got {sampling.sample_batch_size}')
-  _require(sampling.num_snapshots >= 1, 'num_snapshots', f'must be >= 1, got {sampling.num_snapshots}')
-  _require(sampling.summary_samples >= 0, 'summary_samples',
-           f'must be >= 0, got {sampling.summary_samples}')
-  _require(sampling.num_inpaint_images >= 1, 'num_inpaint_images',
-           f'must be >= 1, got {sampling.num_inpaint_images}')
-  _require(sampling.inpaint_completions >= 1, 'inpaint_completions',
-           f'must be >= 1, got {sampling.inpaint_completions}')
-  kinds = ('right', 'left', 'top', 'bottom', 'center', 'random')
-  _require(sampling.inpaint_mask in kinds or os.path.isfile(sampling.inpaint_mask), 'inpaint_mask',
-           f'must be one of {", ".join(kinds)} or an existing image file, got {sampling.inpaint_mask!r}')
-
-
-def _validate_continuous(config: Config):
-  """The SDE, the continuous-σ network, its loss and the samplers fit together."""
-  m, t, s = config.model, config.train, config.sampling
-  continuous = m.noise_embedding == 'fourier'
-  if continuous:
-    _require(m.name in CONTINUOUS_MODELS, 'noise_embedding',
-             f'fourier applies to --model={" or ".join(CONTINUOUS_MODELS)}, got {m.name!r}')
-    _require(m.preconditioning == 'none', 'preconditioning',
-             f'{m.preconditioning} is for the ladder networks; the fourier networks scale '
-             'their own input and output')
-    _require(m.sde != 'none', 'noise_embedding',
-             'fourier trains on a continuous noise process: pass --sde=ve, vp or subvp')
-    _require(t.loss == 'continuous_dsm', 'loss',
-             f'--noise_embedding=fourier trains with continuous_dsm, got {t.loss!r}')
-  if m.sde != 'none':
-    _require(continuous, 'sde', f'{m.sde} needs a continuous-σ network: pass '
-             '--noise_embedding=fourier (with --model=mlp or unet)')
-  if t.loss == 'continuous_dsm':
-    _require(m.sde != 'none', 'loss', 'continuous_dsm needs --sde=ve, vp or subvp')
-  _require(not t.likelihood_weighting or t.loss == 'continuous_dsm', 'likelihood_weighting',
-           f'applies to --loss=continuous_dsm, got {t.loss!r}')
-  _require(m.prior_mean == 0 or m.sde == 've', 'prior_mean',
-           f'applies to --sde=ve (the VP priors are centred by construction), got --sde={m.sde}')
-  if m.sde in ('vp', 'subvp'):
-    _require(m.beta_min > 0, 'beta_min', f'must be > 0, got {m.beta_min}')
-    _require(m.beta_max > m.beta_min, 'beta_max',
-             f'must be > --beta_min ({m.beta_min}), got {m.beta_max}')
-  if config.mode == 'experiment' and config.experiment != 'all':
-    wants_continuous = config.experiment in CONTINUOUS_EXPERIMENTS
-    _require(wants_continuous == continuous, 'experiment',
-             f'{config.experiment} needs a continuous-σ run (--sde, --noise_embedding=fourier)'
-             if wants_continuous else
-             f'{config.experiment} trains ladder networks; a continuous-σ run has '
-             f'{", ".join(CONTINUOUS_EXPERIMENTS)}')
-  if s.sampler != 'ald':
-    _require(continuous, 'sampler',
-             f'{s.sampler} needs a continuous-σ model (--sde and --noise_embedding=fourier); '
-             'a ladder network answers only its own levels: use --sampler=ald')
-  _require(s.sampling_steps >= (2 if s.sampler == 'heun' else 1), 'sampling_steps',
-           f'must be >= {2 if s.sampler == "heun" else 1}, got {s.sampling_steps}')
-  _require(s.corrector_steps >= 0, 'corrector_steps', f'must be >= 0, got {s.corrector_steps}')
-  _require(s.snr > 0, 'snr', f'must be > 0, got {s.snr}')
-  _require(s.ode_rtol > 0, 'ode_rtol', f'must be > 0, got {s.ode_rtol}')
-  _require(s.ode_atol > 0, 'ode_atol', f'must be > 0, got {s.ode_atol}')
-  _require(0 < s.sampling_eps < 1, 'sampling_eps', f'must be in (0, 1), got {s.sampling_eps}')
-
-
-def _validate_labels(config: Config):
-  """--task, --class_conditional and --guidance: labels exist and the pieces fit."""
-  m, t, s = config.model, config.train, config.sampling
-  classes = LABELLED_DATASETS.get(config.data.dataset, 0)
-  unlabelled = f'--dataset={config.data.dataset} has no class labels (labelled: ' \
-               f'{", ".join(LABELLED_DATASETS)})'
-  _require(0 <= t.label_dropout < 1, 'label_dropout', f'must be in [0, 1), got {t.label_dropout}')
-  if t.task == 'classifier':
-    _require(classes > 0, 'task', f'classifier needs labels: {unlabelled}')
-    _require(config.mode == 'train', 'mode',
-             f'--task=classifier trains the classifier (--mode=train); sample with '
-             f'--guidance=classifier --classifier_workdir={config.workdir} on the score '
-             f'model\'s run instead of --mode={config.mode}')
-  elif m.class_conditional:
-    _require(classes > 0, 'class_conditional', unlabelled)
-    _require(m.noise_embedding == 'fourier', 'class_conditional',
-             'needs a continuous-σ network (--noise_embedding=fourier, --model=mlp or unet)')
-  _require(s.guidance_scale >= 0, 'guidance_scale', f'must be >= 0, got {s.guidance_scale}')
-  if s.guidance == 'none' or t.task == 'classifier':
-    return
-  _require(classes > 0, 'guidance', unlabelled)
-  _require(-1 <= s.class_label < classes, 'class_label',
-           f'must be -1 (one row per class) or in [0, {classes}), got {s.class_label}')
-  if s.guidance == 'free':
-    _require(m.class_conditional, 'guidance',
-             'free (classifier-free) needs a class-conditional network: train with '
-             '--class_conditional, or use --guidance=classifier')
-    return
-  wd = s.classifier_workdir
-  _require(bool(wd), 'classifier_workdir', 'is required with --guidance=classifier: the '
-           'workdir of a --task=classifier run')
-  _require(os.path.isfile(os.path.join(wd, 'config.json')), 'classifier_workdir',
-           f'{wd!r} holds no config.json: train the classifier first (--task=classifier '
-           f'--workdir={wd})')
-  _require(os.path.isfile(os.path.join(wd, 'checkpoints', 'checkpoint')), 'classifier_workdir',
-           f'{wd!r} holds no checkpoint: train the classifier first (--task=classifier '
-           f'--workdir={wd})')
-  with open(os.path.join(wd, 'config.json')) as f:
-    saved = json.load(f)
-  _require(saved.get('train', {}).get('task') == 'classifier', 'classifier_workdir',
-           f'{wd!r} is not a --task=classifier run')
-  ours = {k: getattr(config.data, k) for k in _CLASSIFIER_DATA_FIELDS}
-  theirs = {k: saved.get('data', {}).get(k) for k in ours}
-  _require(ours == theirs, 'classifier_workdir',
-           f'{wd!r} classified other data ({theirs}; this run: {ours})')
-
-
-#: Data settings a guidance classifier must share with the score model (what x is).
-_CLASSIFIER_DATA_FIELDS = ('dataset', 'image_size', 'logit_transform')
-
-
-def _validate_likelihood(config: Config):
-  ev = config.eval
-  _require(ev.hutchinson_probes >= 1, 'hutchinson_probes',
-           f'must be >= 1, got {ev.hutchinson_probes}')
-  _require(ev.likelihood_repeats >= 1, 'likelihood_repeats',
-           f'must be >= 1, got {ev.likelihood_repeats}')
-  _require(ev.likelihood_examples >= (1 if config.data.is_toy else 0), 'likelihood_examples',
-           f'must be >= {1 if config.data.is_toy else 0}'
-           f'{" (toys draw fresh examples)" if config.data.is_toy else " (0: the whole split)"}, '
-           f'got {ev.likelihood_examples}')
-  if config.mode != 'likelihood':
-    return
-  _require(config.model.noise_embedding == 'fourier' and config.model.sde != 'none', 'mode',
-           'likelihood integrates the probability-flow ODE, which needs a continuous-σ model '
-           '(--sde and --noise_embedding=fourier); a ladder network has no score between its levels')
-  if not config.data.is_toy:
-    dims = 3 * config.data.image_size**2  # The most an image of this size can have.
-    _require(not ev.exact_trace, 'exact_trace',
-             f'is for the toys (one backward pass per dimension; images have up to {dims}): '
-             'use --hutchinson_probes')
-    known = ('train', 'test') if config.data.dataset in ('shapes', 'folder', 'digits') else SPLITS
-    _require(ev.likelihood_split in known, 'likelihood_split',
-             f'--dataset={config.data.dataset} has the splits {", ".join(known)}, '
-             f'got {ev.likelihood_split!r}')
-
-
-def _validate_eval(config: Config):
-  _validate_likelihood(config)
-  ev = config.eval
-  if config.mode == 'stats':
-    _require(not config.data.is_toy, 'mode', 'stats needs an image --dataset')
-  _require(ev.num_samples == 0 or ev.num_samples >= 2, 'eval_samples',
-           f'must be 0 (held-out loss only) or >= 2 (a covariance), got {ev.num_samples}')
-  _require(ev.batch_size >= 1, 'eval_batch_size', f'must be >= 1, got {ev.batch_size}')
-  _require(ev.reference_images >= 0, 'reference_images', f'must be >= 0, got {ev.reference_images}')
-  steps = ev.checkpoints.split(',')
-  _require(ev.checkpoints in ('latest', 'all') or all(s.strip().isdigit() for s in steps),
-           'eval_checkpoints', f'must be latest, all or comma-separated steps, got {ev.checkpoints!r}')
-  needs_features = not config.data.is_toy and (
-      config.mode == 'stats' or (config.mode == 'eval' and ev.num_samples > 0))
-  if needs_features and ev.inception_kind != 'tiny_random':
-    where = ('classify_image_graph_def.pb from http://download.tensorflow.org/models/image/'
-             'imagenet/inception-2015-12-05.tgz' if ev.inception_kind == 'fid_graph'
-             else 'a keras.applications InceptionV3 (include_top=True) weights file')
-    _require(bool(ev.inception_path), 'inception_path',
-             f'is required for --mode={config.mode} with --inception_kind={ev.inception_kind}: '
-             f'{where} (or --eval_samples=0 for the held-out loss only)')
-
-
-#: Fields that may change between runs on one workdir (`setting(..., resume_safe=True)`):
-#: they change how long, how often, where and how a run executes, not which model it trains.
-RESUME_SAFE_FIELDS = frozenset(s.path for s in settings() if s.resume_safe)
-_FLAG_NAMES = {s.path: s.flag for s in settings()}
-
-
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in d.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
-def resume_mismatches(saved: dict, config: Config) -> list[str]:
-  """'field: saved -> new' for each model/data/training field that differs.
-
-  `saved` is a workdir's config.json. A field it lacks was added after that
-  workdir was written, and its default is the behaviour from before it existed
-  (a U-Net without --unet_norm had GroupNorm), so the default stands in for it.
-  """
-  old = {**_flatten(Config().to_dict()), **_flatten(saved)}
-  new = _flatten(config.to_dict())
-  def flag(key):
-    return _FLAG_NAMES.get(key, key.split('.')[-1])
-  return [f'--{flag(key)} {old[key]!r} -> {new[key]!r}' for key in sorted(new)
-          if key in old and key not in RESUME_SAFE_FIELDS and old[key] != new[key]]

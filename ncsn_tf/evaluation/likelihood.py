@@ -26,13 +26,15 @@ import tensorflow as tf
 from absl import logging
 
 from ncsn_tf import config as config_lib
-from ncsn_tf import data as data_lib
 from ncsn_tf import likelihood
-from ncsn_tf import metrics_file
-from ncsn_tf import train_lib
+from ncsn_tf import noise
 from ncsn_tf.data import images as images_lib
+from ncsn_tf.data import pipeline as data_lib
 from ncsn_tf.data import toy
-from ncsn_tf.progress import Progress
+from ncsn_tf.evaluation import images as image_eval
+from ncsn_tf.runtime import artifacts
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.runtime.progress import Progress
 from ncsn_tf.sampling import configured
 
 #: Seeds of the toy evaluation points and of the dequantisation (apart from training's).
@@ -52,7 +54,7 @@ def ode_settings(config: config_lib.Config) -> dict:
 
 def model_log_prob(config: config_lib.Config, score_model, x, seed):
   """(log p_model(x) float32 [N] in nats, nfe) of the run's SDE and ODE settings."""
-  sde = configured.build_sde(config.model)
+  sde = noise.build_sde(config.model)
   return likelihood.log_likelihood(configured.time_score_fn(score_model, sde), sde, x, seed,
                                    **ode_settings(config))
 
@@ -123,7 +125,7 @@ def toy_likelihood(config: config_lib.Config, score_model) -> dict:
   # either mean's own standard error (which is the points' spread).
   out['excess_nll_nats'], out['excess_nll_nats_stderr'] = _mean_and_stderr(nll - exact)
   if dist.has_perturbed_score and hasattr(dist, 'perturbed_log_prob'):
-    sde = configured.build_sde(config.model)
+    sde = noise.build_sde(config.model)
     sigma_eps = float(sde.sigma_of_t([config.sampling.sampling_eps]).numpy()[0])
     out['exact_nll_nats_perturbed'] = float(-np.mean(
         dist.perturbed_log_prob(points, sigma_eps).numpy()))
@@ -137,8 +139,7 @@ def _quantized(images) -> np.ndarray:
 
 
 def _split_images(config, split: str, limit: int) -> np.ndarray:
-  from ncsn_tf import evaluation
-  batches = list(evaluation.dataset_images(config, split, limit))
+  batches = list(image_eval.dataset_images(config, split, limit))
   if not batches:
     raise FileNotFoundError(f'--likelihood_split={split}: no images in that split')
   return np.concatenate(batches)
@@ -221,19 +222,18 @@ def write_per_example(config: config_lib.Config, step: int, arrays: dict) -> str
 
 def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
   """Scores every checkpoint of --eval_checkpoints (or `state`); returns {step: result}."""
-  from ncsn_tf import evaluation
   writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
   if state is None:
-    state = train_lib.create_state(config, tf.distribute.get_strategy())
-    train_lib.check_resume_config(config)
-    targets = evaluation.select_checkpoints(config)
+    state = checkpoints.create_state(config, tf.distribute.get_strategy())
+    checkpoints.check_resume_config(config)
+    targets = image_eval.select_checkpoints(config)
   else:
     targets = {int(state.step.numpy()): None}
   score = toy_likelihood if config.data.is_toy else image_likelihood
   results = {}
   for step, path in targets.items():
     if path is not None:
-      step = train_lib.restore_step(state, path)
+      step = checkpoints.restore_step(state, path)
     result = score(config, state.score_model)
     if 'per_example' in result:
       result['per_example_file'] = write_per_example(config, step, result.pop('per_example'))
@@ -246,7 +246,7 @@ def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
     writer.flush()
     logging.info('likelihood, step %d: %s', step, _summary_line(result))
     results[str(step)] = result
-  metrics = metrics_file.read_metrics(config.workdir)
+  metrics = artifacts.read_metrics(config.workdir)
   metrics['likelihood'] = {**metrics.get('likelihood', {}), **results}
-  metrics_file.write_metrics(config.workdir, metrics)
+  artifacts.write_metrics(config.workdir, metrics)
   return results

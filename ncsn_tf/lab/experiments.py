@@ -38,12 +38,13 @@ from absl import logging
 from ncsn_tf import config as config_lib
 from ncsn_tf import losses
 from ncsn_tf import plots
-from ncsn_tf import metrics_file
-from ncsn_tf import train_lib
 from ncsn_tf.data import toy
+from ncsn_tf.lab import sde_samplers as experiments_sde
 from ncsn_tf.metrics import toy as toy_metrics
+from ncsn_tf.runtime import artifacts
 from ncsn_tf.sampling import langevin
 from ncsn_tf.sampling import mala as mala_lib
+from ncsn_tf.training import loop as train_loop
 
 #: Every objective of the lab, in the order of the figures and tables.
 OBJECTIVES = ('esm', 'ism', 'ssm', 'ssm_vr', 'dsm', 'anneal_dsm', 'anneal_ssm')
@@ -79,7 +80,7 @@ class Lab:
     os.makedirs(self.fig_dir, exist_ok=True)
     self._trained = {}
     self._samples = None
-    self.metrics = metrics_file.read_metrics(config.workdir)
+    self.metrics = artifacts.read_metrics(config.workdir)
     self.metrics.update({'dataset': self.dist.name,
                          'has_perturbed_score': self.dist.has_perturbed_score})
 
@@ -97,7 +98,7 @@ class Lab:
     """(score model, sigmas [L], train seconds) for `loss`; trains or restores."""
     if loss not in self._trained:
       start = time.time()
-      state = train_lib.train(self.objective_config(loss))
+      state = train_loop.train(self.objective_config(loss))
       model = state.ema_model if self.config.train.ema_rate > 0 else state.model
       self._trained[loss] = (model, np.asarray(state.sigmas, np.float32), time.time() - start)
     return self._trained[loss]
@@ -162,7 +163,7 @@ class Lab:
     plots.save_figure(fig, os.path.join(self.fig_dir, f'{name}.png'))
 
   def write_metrics(self):
-    metrics_file.write_metrics(self.config.workdir, self.metrics)
+    artifacts.write_metrics(self.config.workdir, self.metrics)
 
 
 # --- the experiments ------------------------------------------------------------
@@ -336,7 +337,6 @@ def _weights_table(shares, errors, true_weights) -> str:
 
 
 def sde_samplers(lab: Lab) -> dict:
-  from ncsn_tf import experiments_sde
   return experiments_sde.sde_samplers(lab.config, lab.fig_dir)
 
 

@@ -21,12 +21,12 @@ from absl import logging
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import plots
-from ncsn_tf import train_lib
 from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
+from ncsn_tf.training import loop as train_loop
 
 #: (label, sampling-config overrides): the comparison of the SDE paper's samplers
 #: with the paper's annealed Langevin, at the step counts and tolerances of the
@@ -92,7 +92,7 @@ def sde_samplers(config: config_lib.Config, fig_dir: str) -> dict:
     raise config_lib.ConfigError('--experiment: sde_samplers needs a continuous-σ run '
                                  '(e.g. --flagfile=tf_configs/toy_gmm_sde.cfg)')
   dist = toy.get_toy(config.data.dataset)
-  state = train_lib.train(config.replace(mode='train'))
+  state = train_loop.train(config.replace(mode='train'))
   models = {'exact': ScoreModel(exact_network(dist), state.sigmas, continuous=True),
             'learned': state.score_model}
   true_samples = dist.sample(NUM_METRIC_SAMPLES, seed=[config.seed, 41]).numpy()

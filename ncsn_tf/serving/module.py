@@ -1,63 +1,15 @@
-"""SavedModel export for TF Serving: the serving contract of ncsn_tf.
-
-`<export_dir>/<version>/` holds a SavedModel with the signatures
-
-* `score`: x float32 [N, *data_shape], sigma_index int32 [N] -> score float32 [N, *data_shape]
-* `score_sigma`: x float32 [N, *data_shape], sigma float32 [N] -> score float32 [N, *data_shape],
-  the score of p_σ at any σ > 0 for a continuous-σ model; a ladder network
-  answers only at its own levels (an error elsewhere)
-* `sample`: num_samples int32 [], seed int32 [] -> samples float32 [num_samples, *data_shape],
-  drawn with the config's --sampler (annealed Langevin by default) and its
-  settings (stateless: same seed, same samples)
-* `inpaint` (image models): images float32 [N, *data_shape], mask float32 [N, *data_shape]
-  (1 = known), seed int32 [] -> inpainted float32 [N, *data_shape], with the config's --sampler
-* `colorize` (RGB image models without --logit_transform): images float32 [N, H, W, C] in
-  [0, 1], C = 1 (grey) or 3 (RGB: its grey axis is used), seed int32 [] ->
-  colorized float32 [N, H, W, 3], with the config's --sampler
-* `log_likelihood` (continuous-σ models): x float32 [N, *data_shape] in the data's range
-  (images: dequantised, in [0, 1), or their logits with --logit_transform), seed int32 [] ->
-  log_prob float32 [N] (nats), bits_per_dim float32 [N] (images: 8-bit pixel units,
-  docs/likelihood.md; toys: −log_prob/(D log 2)), nfe int32 [], the probability-flow
-  ODE at the run's --ode_rtol/--ode_atol and Hutchinson settings
-* `sample_class` (a class-conditional network, or a classifier with --guidance=classifier):
-  labels int32 [N] in [0, classes), guidance_scale float32 [] >= 0, seed int32 [] ->
-  samples float32 [N, *data_shape], guided by the classifier (classifier guidance) or
-  else classifier-free (ncsn_tf/sampling/guidance.py), with the config's --sampler
-* `serving_default` = `score`
-
-and the variables `sigmas` (the ladder), the string `config_json` and the
-string `sampler` (the sampler's name and settings, e.g. `ode(rtol=1e-05, ...)`).
-Versions are integers; each is written beside the root and renamed into place,
-so a TF Serving process polling `export_dir` never sees half a model.
-
-Loadable by a model server. TF Serving (C++ `LoadSavedModel`), `saved_model_cli
-run` and `tf.compat.v1.saved_model.loader.load` restore variables through the
-SavedModel's saver, by the names of the variable nodes its signatures read.
-A Keras 3 variable is a wrapper around the `tf.Variable` that the traced
-functions capture; tracking the wrappers (or the Keras model) saves the values
-under the wrappers' names, and the session loader then fails with "Could not
-find variable". So the module tracks exactly the variables its signatures
-capture (`_track_captured_variables`, the approach of Keras' own
-`ExportArchive`), after tracing them. Every signature, including those added
-later (SDE samplers, likelihoods, guided generation), must be listed in
-`ScoreModule.signatures()` so that it is traced before its variables are
-collected, and must be covered by tests/test_serving.py, which runs each one
-through both the session loader and `tf.saved_model.load` in a fresh process.
-"""
-
-import os
-import shutil
+"""TODO docstring (from ncsn_tf.export)."""
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from ncsn_tf import config as config_lib
-from ncsn_tf import data as data_lib
+from ncsn_tf import noise
+from ncsn_tf.data import pipeline as data_lib
+from ncsn_tf.evaluation import likelihood as likelihood_eval
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import configured
-
-_TMP_PREFIX = '.tmp-'
+from ncsn_tf.sampling import guidance
 
 #: Annealed Langevin's uniform starting points (kept here under its old name).
 initial_state = configured.uniform_initial_state
@@ -92,7 +44,7 @@ class ScoreModule(tf.Module):
     self.score = tf.function(self._score, input_signature=[x_spec, index_spec])
     self.score_sigma = tf.function(self._score_sigma, input_signature=[
         x_spec, tf.TensorSpec([None], tf.float32, name='sigma')])
-    if score_model.is_continuous and configured.build_sde(config.model) is not None:
+    if score_model.is_continuous and noise.build_sde(config.model) is not None:
       self.log_likelihood = tf.function(self._log_likelihood, input_signature=[
           x_spec, tf.TensorSpec([], tf.int32, name='seed')])
     self.sample = tf.function(self._sample, input_signature=[
@@ -127,7 +79,6 @@ class ScoreModule(tf.Module):
         tf.TensorSpec([], tf.int32, name='seed')])
 
   def _sample_class(self, labels, guidance_scale, seed):
-    from ncsn_tf.sampling import guidance
     cfg = self._config
     labels = tf.ensure_shape(labels, [None], name='check_labels_shape')
     checks = [
@@ -188,7 +139,6 @@ class ScoreModule(tf.Module):
       return {'score': self.score_model.score_sigma(x, sigma)}
 
   def _log_likelihood(self, x, seed):
-    from ncsn_tf import likelihood_eval
     cfg = self._config
     x = tf.ensure_shape(x, [None, *self._shape], name='check_x_shape')
     checks = []
@@ -269,59 +219,3 @@ def _track_captured_variables(functions) -> list:
     for variable in function.get_concrete_function().variables:
       captured.setdefault(id(variable), variable)
   return list(captured.values())
-
-
-def next_version(export_dir: str) -> int:
-  """1 + the largest integer version already in `export_dir` (1 if none)."""
-  if not os.path.isdir(export_dir):
-    return 1
-  versions = [int(d) for d in os.listdir(export_dir) if d.isdigit()]
-  return max(versions, default=0) + 1
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def remove_stale_temporaries(export_dir: str):
-  """Deletes temporary versions left by exporting processes that died (e.g. kill -9)."""
-  for name in os.listdir(export_dir):
-    pid = name.rsplit('-', 1)[-1]
-    if name.startswith(_TMP_PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
-      shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
-
-
-def export(score_model, config: config_lib.Config, sigmas: np.ndarray,
-           version: int | None = None, classifier=None) -> str:
-  """Writes a new SavedModel version atomically; returns its directory.
-
-  classifier: a guidance.Classifier for `sample_class` by classifier guidance.
-  """
-  export_dir = config.export.export_dir
-  os.makedirs(export_dir, exist_ok=True)
-  remove_stale_temporaries(export_dir)
-  version = version or next_version(export_dir)
-  final = os.path.join(export_dir, str(version))
-  if os.path.exists(final):
-    raise FileExistsError(f'export version {final} already exists; choose another version')
-  tmp = os.path.join(export_dir, f'{_TMP_PREFIX}{version}-{os.getpid()}')
-  shutil.rmtree(tmp, ignore_errors=True)
-  module = ScoreModule(score_model, config, sigmas, classifier=classifier)
-  signatures = module.signatures()
-  try:
-    # No custom gradients: a server never differentiates the signatures, and
-    # saving the ODE solver's and the networks' gradient functions took 3x as
-    # long (76 against 23 s for a small continuous U-Net with log_likelihood).
-    tf.saved_model.save(module, tmp, signatures=signatures,
-                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-    os.rename(tmp, final)  # Atomic on one filesystem: a version is whole or absent.
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  logging.info('exported SavedModel to %s', final)
-  return final

@@ -16,11 +16,11 @@ import tensorflow as tf
 from absl import logging
 
 from ncsn_tf import config as config_lib
-from ncsn_tf import metrics_file
 from ncsn_tf import plots
 from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.models.score_model import ScoreModel
+from ncsn_tf.runtime import artifacts
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
 from ncsn_tf.sampling import langevin
@@ -162,7 +162,7 @@ def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 
     plots.save_figure(fig, os.path.join(fig_dir, f'{name}.png'))
   if writer is not None:
     writer.flush()
-  metrics_file.write_metrics(config.workdir, metrics)
+  artifacts.write_metrics(config.workdir, metrics)
   logging.info('toy metrics: %s', json.dumps({k: v for k, v in metrics.items()
                                                if k not in ('sigmas',)}))
   return metrics

@@ -1,45 +1,16 @@
-"""Noise processes: NCSN's σ ladder and the score SDEs (Song et al. 2021, appendix B).
+"""TODO docstring (from ncsn_tf.noise)."""
 
-One small class per process. An SDE dx = f(x, t) dt + g(t) dw on t ∈ [0, T]
-perturbs data x_0 into x_t with the Gaussian kernel
-
-    x_t | x_0 ~ N(α(t) x_0, std(t)² I)        (`marginal`),
-
-and ends near a tractable prior (`prior_sample`, `prior_log_prob`). Sampling
-runs it backwards with the score s = ∇ log p_t (`reverse_drift`).
-
-Every process also has an equivalent noise level σ(t) = std(t)/α(t)
-(`sigma_of_t`, inverse `t_of_sigma`): x_t/α(t) is the data plus N(0, σ(t)² I)
-noise, so one σ-parameterised score model s(y, σ) serves all three SDEs
-through ∇_x log p_t(x) = s(x/α, σ(t))/α, and Heun's σ schedule maps to times.
-
-Shapes: x is float32 [N, ...]; t is float32 [N] in [0, T], one time per example,
-broadcast over the data axes; per-example coefficients (diffusion, std, α, σ)
-are float32 [N]. No absl, no state: the classes hold only their constants.
-"""
+import functools
 
 import numpy as np
 import tensorflow as tf
 
-from ncsn_tf import sigmas as sigmas_lib
+from ncsn_tf import config as config_lib
 
 
 def _check(condition, message):
   if not condition:
     raise ValueError(message)
-
-
-def nearest_level_index(sigma, sigmas):
-  """(index int32 [N], gap float32 [N]): each σ's nearest level of the ladder in log σ.
-
-  sigma: float32 [N] > 0; sigmas: float32 [L] > 0, any order (here index 0
-  largest). `gap` = |log σ − log σ_index|; a σ outside the ladder's range maps
-  to the nearer end (argmin never leaves [0, L)).
-  """
-  log_sigma = tf.math.log(tf.cast(sigma, tf.float32))
-  log_ladder = tf.math.log(tf.cast(sigmas, tf.float32))
-  distance = tf.abs(log_sigma[:, None] - log_ladder[None, :])            # [N, L]
-  return tf.argmin(distance, axis=1, output_type=tf.int32), tf.reduce_min(distance, axis=1)
 
 
 def expand_to(v, x):
@@ -282,59 +253,14 @@ class SubVPSDE(LinearBetaSDE):
     return drift * dt, diffusion * tf.sqrt(tf.cast(dt, tf.float32))
 
 
-class Ladder:
-  """NCSN's geometric ladder σ_0 > ... > σ_{L−1} (index 0 = largest, as everywhere here).
-
-  It is the VE SDE (σ_min = sigma_end, σ_max = sigma_begin) seen at the
-  times t_i = T (1 − i/(L − 1)): σ(t_i) = σ_i. `sigma_to_index` maps a σ (or,
-  through `time_score_fn`, a time) back to its level, exactly on the ladder.
-
-  Args:
-    sigma_begin, sigma_end, num_scales: as `sigmas.geometric_sigmas`.
-    T: the VE SDE's end time.
-  """
-
-  def __init__(self, sigma_begin: float, sigma_end: float, num_scales: int, T: float = 1.0):
-    _check(num_scales >= 2, f'a ladder for the VE SDE needs num_scales >= 2, got {num_scales}')
-    self.sigmas = sigmas_lib.geometric_sigmas(sigma_begin, sigma_end, num_scales)
-    self.T = float(T)
-    self.times = (self.T * (1.0 - np.arange(num_scales) / (num_scales - 1))).astype(np.float32)
-    # Levels are log(γ) apart; a σ within a quarter of that (and 1e-3) of one is on it.
-    self._log_tolerance = min(1e-3, 0.25 * np.log(sigmas_lib.ladder_ratio(sigma_begin, sigma_end,
-                                                                          num_scales)))
-
-  @property
-  def num_scales(self) -> int:
-    return len(self.sigmas)
-
-  def ve_sde(self, **kwargs) -> VESDE:
-    """The VE SDE this ladder discretises (kwargs: prior_mean)."""
-    return VESDE(float(self.sigmas[-1]), float(self.sigmas[0]), self.T, **kwargs)
-
-  def sigma_to_index(self, sigma):
-    """Level index int32 [N] of each σ [N]; raises if a σ is off the ladder.
-
-    Off the ladder (more than the tolerance from every level, in log σ) is a
-    ValueError when run eagerly and an InvalidArgumentError inside a graph.
-    """
-    index, gap = nearest_level_index(sigma, self.sigmas)
-    message = f'sigma is not on the ladder ({self.sigmas[0]:g} .. {self.sigmas[-1]:g}, L={self.num_scales})'
-    if tf.executing_eagerly():
-      _check(bool(tf.reduce_all(gap <= self._log_tolerance)), message)
-      return index
-    with tf.control_dependencies([tf.debugging.assert_less_equal(gap, self._log_tolerance, message)]):
-      return tf.identity(index)
-
-  def time_score_fn(self, index_score_fn, sde: SDE | None = None):
-    """A level-indexed network seen as score_fn(x, t): t -> σ(t) -> its level.
-
-    index_score_fn(x, sigma_index int32 [N]) -> score; exact for t on the
-    ladder (t_i), an error elsewhere. `sde` defaults to `ve_sde()`.
-    """
-    sde = sde or self.ve_sde()
-    return lambda x, t: index_score_fn(x, self.sigma_to_index(sde.sigma_of_t(t)))
-
-  def index_score_fn(self, time_score_fn):
-    """score_fn(x, t) of the ladder's VE SDE seen as score_fn(x, sigma_index): index -> t_i."""
-    times = tf.constant(self.times)
-    return lambda x, sigma_index: time_score_fn(x, tf.gather(times, sigma_index))
+@functools.lru_cache(maxsize=None)
+def build_sde(model: config_lib.ModelConfig) -> SDE | None:
+  """The model config's noise process; None for the discrete ladder (--sde=none)."""
+  if model.sde == 've':
+    return VESDE(sigma_min=model.sigma_end, sigma_max=model.sigma_begin,
+                       prior_mean=model.prior_mean)
+  if model.sde == 'vp':
+    return VPSDE(beta_min=model.beta_min, beta_max=model.beta_max)
+  if model.sde == 'subvp':
+    return SubVPSDE(beta_min=model.beta_min, beta_max=model.beta_max)
+  return None

@@ -33,16 +33,20 @@ import tensorflow as tf
 from absl import logging
 
 from ncsn_tf import config as config_lib
-from ncsn_tf import data as data_lib
 from ncsn_tf import plots
-from ncsn_tf import metrics_file
-from ncsn_tf import toy_eval
-from ncsn_tf import train_lib
+from ncsn_tf.data import images
+from ncsn_tf.data import pipeline as data_lib
+from ncsn_tf.evaluation import toy as toy_eval
 from ncsn_tf.metrics import image as image_metrics
+from ncsn_tf.metrics import inception
 from ncsn_tf.models.score_model import ScoreModel
-from ncsn_tf.progress import Progress
+from ncsn_tf.runtime import artifacts
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.runtime import devices
+from ncsn_tf.runtime.progress import Progress
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
+from ncsn_tf.training import heldout
 
 #: Splits of the Inception Score, as in every published number.
 IS_SPLITS = 10
@@ -63,7 +67,6 @@ _INIT_SEED, _NOISE_SEED = 2_000_003, 3_000_017
 
 def build_extractor(ev: config_lib.EvalConfig):
   """The FeatureExtractor named by --inception_kind / --inception_path (nothing downloaded)."""
-  from ncsn_tf.metrics import inception  # Imports Keras applications: only when needed.
   if ev.inception_kind == 'fid_graph':
     return inception.FIDInceptionGraph(ev.inception_path)
   if ev.inception_kind == 'keras':
@@ -94,7 +97,6 @@ def dataset_images(config: config_lib.Config, split: str, limit: int = 0):
   model's resolution, as TTUR computes statistics. Batches are
   --eval_batch_size images; the split's last partial batch is dropped.
   """
-  from ncsn_tf.data import images  # tfds: image runs only.
   d, ev = config.data, config.eval
   batch_size = min(ev.batch_size, limit) if limit else ev.batch_size
   dataset = images.image_dataset(
@@ -313,7 +315,7 @@ class ImageEvaluator:
     config = self.config
     mean, per_sigma = self.heldout()
     metrics = {'step': step, 'dataset': config.data.dataset, 'heldout_loss': float(mean),
-               'heldout_loss_per_sigma': metrics_file.json_floats(per_sigma),
+               'heldout_loss_per_sigma': artifacts.json_floats(per_sigma),
                'sigmas': [float(v) for v in self.sigmas]}
     grid = None
     if self.extractor is not None:
@@ -363,9 +365,9 @@ def _write_image_summaries(writer, m: dict, grid):
 
 def select_checkpoints(config: config_lib.Config) -> dict:
   """{step: path} chosen by --eval_checkpoints; FileNotFoundError if none/missing."""
-  available = train_lib.checkpoint_steps(config)
+  available = checkpoints.checkpoint_steps(config)
   if not available:
-    raise FileNotFoundError(f'no checkpoint in {train_lib.checkpoint_dir(config)}: train first '
+    raise FileNotFoundError(f'no checkpoint in {checkpoints.checkpoint_dir(config)}: train first '
                             f'(--mode=train with the same --workdir)')
   which = config.eval.checkpoints
   if which == 'all':
@@ -377,7 +379,7 @@ def select_checkpoints(config: config_lib.Config) -> dict:
   missing = [s for s in wanted if s not in available]
   if missing:
     raise FileNotFoundError(f'--eval_checkpoints: no checkpoint for step(s) {missing} in '
-                            f'{train_lib.checkpoint_dir(config)}; kept: {sorted(available)}')
+                            f'{checkpoints.checkpoint_dir(config)}; kept: {sorted(available)}')
   return {s: available[s] for s in wanted}
 
 
@@ -404,16 +406,16 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
   strategy = distributed.sampling_strategy(config)
   cross_worker = state is None
   if state is None:
-    state = train_lib.create_state(config, strategy)
+    state = checkpoints.create_state(config, strategy)
     targets = select_checkpoints(config)
   else:
     targets = {int(state.step.numpy()): None}
-  if not train_lib.is_chief(strategy):
+  if not devices.is_chief(strategy):
     return _draw_worker_share(config, state, targets, strategy)
   writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
   # Without an EMA (--ema_rate=0) the EMA copy keeps the initial weights.
   model = state.ema_model if config.train.ema_rate > 0 else state.model
-  heldout = train_lib.make_heldout_eval(
+  heldout = heldout.make_heldout_eval(
       config.replace(train={'heldout_batches': max(config.train.heldout_batches, 1)}),
       dataclasses.replace(state, ema_model=model))
   # The toy figures and metrics ask the network at ladder levels (a
@@ -425,7 +427,7 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
                                       strategy=strategy)
       mean, per_sigma = heldout()
       metrics.update(heldout_loss=float(mean),
-                     heldout_loss_per_sigma=metrics_file.json_floats(per_sigma))
+                     heldout_loss_per_sigma=artifacts.json_floats(per_sigma))
       with writer.as_default(step=step):
         tf.summary.scalar('eval/heldout_loss', mean)
       writer.flush()
@@ -441,7 +443,7 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
   results = {}
   for step, path in targets.items():
     if path is not None:
-      step = train_lib.restore_step(state, path)
+      step = checkpoints.restore_step(state, path)
     results[step] = evaluate(step)
   return write_metrics(config, results)
 
@@ -456,7 +458,7 @@ def _draw_worker_share(config: config_lib.Config, state, targets: dict, strategy
                                cross_worker=True)
     for path in targets.values():
       if path is not None:
-        train_lib.restore_step(state, path)
+        checkpoints.restore_step(state, path)
       for _ in evaluator._sample_batches(config.eval.num_samples):
         pass
   return {}
@@ -464,9 +466,9 @@ def _draw_worker_share(config: config_lib.Config, state, targets: dict, strategy
 
 def write_metrics(config: config_lib.Config, results: dict) -> dict:
   """Merges {step: metrics} into <workdir>/metrics.json (atomically); returns the payload."""
-  previous = metrics_file.read_metrics(config.workdir).get('checkpoints', {})
+  previous = artifacts.read_metrics(config.workdir).get('checkpoints', {})
   checkpoints = {**previous, **{str(step): m for step, m in results.items()}}
   latest = results[max(results)]
   payload = {**latest, 'checkpoints': dict(sorted(checkpoints.items(), key=lambda kv: int(kv[0])))}
-  metrics_file.write_metrics(config.workdir, payload)
+  artifacts.write_metrics(config.workdir, payload)
   return payload

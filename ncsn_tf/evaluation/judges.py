@@ -1,0 +1,51 @@
+"""TODO docstring (from ncsn_tf.modes)."""
+
+import os
+
+from absl import logging
+
+from ncsn_tf import config as config_lib
+from ncsn_tf.data import shapes
+from ncsn_tf.metrics import digit_judge
+from ncsn_tf.metrics import shape_fit
+from ncsn_tf.runtime import artifacts
+
+
+def write_digit_judgement(images, labels, config: config_lib.Config, out_dir: str) -> dict:
+  """Digits only: the clean classifier's verdict on samples (ncsn_tf/metrics/digit_judge.py).
+
+  images: float [N, S, S, 1] in [0, 1]; labels: the requested classes int [N],
+  or None for unconditional samples. Writes <out_dir>/digit_judgement.json.
+  """
+  return digit_judge.write_judgement(images, labels, config.data.image_size, out_dir,
+                                     seed=config.seed)
+
+
+def write_shape_fit(images, image_size: int, out_dir: str) -> dict:
+  """Shapes only: how many sample objects are a clean disc, square or triangle.
+
+  Compares the samples (float [N, S, S, 3] in [0, 1]) with as many test images
+  (at most 256) by ncsn_tf.metrics.shape_fit (also how much of the images the
+  objects cover and how many backgrounds are light); writes
+  <out_dir>/shape_fit.json and logs two lines. Returns the JSON's dict.
+  """
+  reference = shapes.shapes_split_images('test', image_size=image_size,
+                                         num_images=min(len(images), 256)) / 255.0
+  result = {'iou_threshold': shape_fit.IOU_THRESHOLD, 'samples': shape_fit.shape_fit(images),
+            'test_images': shape_fit.shape_fit(reference)}
+  ours, data = result['samples'], result['test_images']
+  logging.info('shape fit: %.0f%% ± %.0f%% of %d sample objects are a disc, square or '
+               'triangle (IoU >= %g; %d empty samples); %.0f%% of %d objects in as many '
+               'test images', 100 * ours['fit_rate'], 100 * ours['fit_rate_stderr'],
+               ours['objects'], shape_fit.IOU_THRESHOLD, ours['empty_images'],
+               100 * data['fit_rate'], data['objects'])
+  logging.info('shape fit: objects cover %.1f%% of the samples (%.1f%% of the test images); '
+               '%.0f%% of the samples have a light background (%.0f%% of the test images)',
+               100 * ours['foreground_fraction'], 100 * data['foreground_fraction'],
+               100 * ours['light_backgrounds'], 100 * data['light_backgrounds'])
+  for summary in (ours, data):  # No objects at all gives NaN; JSON gets null, not NaN.
+    for key in ('fit_rate', 'fit_rate_stderr', 'median_iou', 'foreground_fraction',
+                'light_backgrounds'):
+      summary[key] = artifacts.json_floats([summary[key]])[0]
+  artifacts.write_json(os.path.join(out_dir, 'shape_fit.json'), result)
+  return result

@@ -1,0 +1,69 @@
+"""TODO docstring (from ncsn_tf.modes)."""
+
+import numpy as np
+import tensorflow as tf
+
+from ncsn_tf import config as config_lib
+from ncsn_tf.data import pipeline as data_lib
+from ncsn_tf.runtime.progress import Progress
+from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import distributed
+
+
+def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, seed: int,
+                 show_progress: bool = True, return_nfe: bool = False, strategy=None,
+                 cross_worker: bool = False, before_batch=None):
+  """Samples from the learned score with --sampler, in batches of --sample_batch_size.
+
+  score_model: a ScoreModel, or a ladder network s(x, sigma_index) (wrapped
+  with `sigmas`). Batch k starts from seed [seed, k] and runs its chain on
+  [seed, 1000 + k].
+
+  strategy: the devices to sample on (sampling/distributed.py; None: one
+  device): every score evaluation is split over its local replicas and, with
+  cross_worker (every worker of a multi-worker strategy calls this), the
+  batches over its workers. The samples are one device's up to float32
+  round-off: the seeds above do not depend on the devices.
+
+  before_batch: None, or fn(start, size) called before batch k (rows
+  [start, start + size)) is drawn: guidance assigns that batch's labels.
+
+  Returns (samples [num, *shape], trajectory [K, num, *shape]): annealed
+  Langevin keeps --num_snapshots states; the SDE samplers keep only the last
+  (K = 1). With return_nfe, also the score evaluations per sample (of the
+  last batch: the ODE's count varies with the batch).
+  """
+  shape = data_lib.data_shape(config.data)
+  s = config.sampling
+  # The same wrapper object for the same network: tf.function keys its trace
+  # cache on the callable, so a fresh wrapper would retrace (and re-optimise)
+  # the whole sampler graph at every snapshot and batch. `shard` caches too.
+  model = distributed.shard(configured.as_score_model(score_model, sigmas), strategy)
+  sampler = configured.ConfiguredSampler(config, model, shape)
+  sizes = [min(s.sample_batch_size, num - start) for start in range(0, num, s.sample_batch_size)]
+
+  def draw(k):
+    if before_batch is not None:
+      before_batch(k * s.sample_batch_size, sizes[k])
+    samples, trajectory, nfe = sampler.sample(sizes[k], tf.constant([seed, k], tf.int32),
+                                              num_snapshots=s.num_snapshots)
+    samples = samples.numpy()
+    trajectory = samples[None] if trajectory is None else trajectory.numpy()
+    # Rows first, as batches_in_order gathers them; the NFE once per row.
+    return {'samples': samples, 'trajectory': np.moveaxis(trajectory, 1, 0),
+            'nfe': np.full([sizes[k]], int(nfe), np.int32)}
+
+  outputs, trajectories = [], []
+  progress = Progress('sample', num) if show_progress else None
+  done, nfe = 0, 0
+  for _, batch in distributed.batches_in_order(strategy, sizes, draw, cross_worker=cross_worker):
+    outputs.append(batch['samples'])
+    trajectories.append(np.moveaxis(batch['trajectory'], 0, 1))
+    nfe = int(batch['nfe'][0])
+    done += len(batch['samples'])
+    if progress:
+      progress.update(done)
+  if progress:
+    progress.close()
+  result = np.concatenate(outputs), np.concatenate(trajectories, axis=1)
+  return (*result, nfe) if return_nfe else result

@@ -1,0 +1,69 @@
+"""TODO docstring (from ncsn_tf.export)."""
+
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from ncsn_tf import config as config_lib
+from ncsn_tf.serving import module as serving_module
+
+_TMP_PREFIX = '.tmp-'
+
+
+def next_version(export_dir: str) -> int:
+  """1 + the largest integer version already in `export_dir` (1 if none)."""
+  if not os.path.isdir(export_dir):
+    return 1
+  versions = [int(d) for d in os.listdir(export_dir) if d.isdigit()]
+  return max(versions, default=0) + 1
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_temporaries(export_dir: str):
+  """Deletes temporary versions left by exporting processes that died (e.g. kill -9)."""
+  for name in os.listdir(export_dir):
+    pid = name.rsplit('-', 1)[-1]
+    if name.startswith(_TMP_PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
+      shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+
+
+def export(score_model, config: config_lib.Config, sigmas: np.ndarray,
+           version: int | None = None, classifier=None) -> str:
+  """Writes a new SavedModel version atomically; returns its directory.
+
+  classifier: a guidance.Classifier for `sample_class` by classifier guidance.
+  """
+  export_dir = config.export.export_dir
+  os.makedirs(export_dir, exist_ok=True)
+  remove_stale_temporaries(export_dir)
+  version = version or next_version(export_dir)
+  final = os.path.join(export_dir, str(version))
+  if os.path.exists(final):
+    raise FileExistsError(f'export version {final} already exists; choose another version')
+  tmp = os.path.join(export_dir, f'{_TMP_PREFIX}{version}-{os.getpid()}')
+  shutil.rmtree(tmp, ignore_errors=True)
+  module = serving_module.ScoreModule(score_model, config, sigmas, classifier=classifier)
+  signatures = module.signatures()
+  try:
+    # No custom gradients: a server never differentiates the signatures, and
+    # saving the ODE solver's and the networks' gradient functions took 3x as
+    # long (76 against 23 s for a small continuous U-Net with log_likelihood).
+    tf.saved_model.save(module, tmp, signatures=signatures,
+                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    os.rename(tmp, final)  # Atomic on one filesystem: a version is whole or absent.
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  logging.info('exported SavedModel to %s', final)
+  return final
