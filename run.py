@@ -90,6 +90,7 @@ def main(argv):
     if config.train.num_cpu_replicas > 1:
       # Logical devices must exist before TensorFlow touches the CPU.
       devices.configure_cpu_replicas(config.train.num_cpu_replicas)
+    from ncsn_tf import api
     from ncsn_tf.cli import modes
   if QUIET:  # TensorFlow's Python INFO logs too; its warnings still show.
     import tensorflow as tf
@@ -97,6 +98,8 @@ def main(argv):
     logging.get_absl_handler().addFilter(_HideTensorFlowInfo(os.path.dirname(tf.__file__)))
   logging.info('%s: mode=%s workdir=%s', config.name, config.mode, config.workdir)
   try:
+    # The registries' checks (network, SDE, sampler), now that TensorFlow is loaded.
+    config = api.validate(config)
     modes.MODES[config.mode](config)
   except config_lib.ConfigError as e:  # e.g. a workdir of a different configuration
     print(f'error: {e}', file=sys.stderr)

@@ -10,7 +10,7 @@ machine. Writes benchmarks/results/bench.json and bench.md (the table).
 
 What one step is (the same for both implementations):
   train    annealed DSM loss on a batch, backward, Adam update
-           (ours: `train_lib.make_train_chunk`, the loop `run.py` trains with)
+           (ours: `training/step.py make_train_chunk`, the loop `run.py` trains with)
   langevin one score evaluation plus the update x + ε s + sqrt(2ε) z
            (ours: `sampling.langevin.annealed_langevin_dynamics`, the graph loop)
 
@@ -55,7 +55,7 @@ QUICK_CASES = [('cifar10', 'train', 8), ('cifar10', 'langevin', 8),
                ('mnist', 'train', 32), ('mnist', 'langevin', 64)]
 # Extra XLA variants (--jit_compile) measured in the full run.
 JIT_CASES = [('cifar10', 'train', 8), ('cifar10', 'langevin', 8)]
-# The default precision on this kind of machine (ncsn_tf.precision.resolve('auto', 'refinenet')).
+# The default precision on this kind of machine (ncsn_tf.runtime.precision.resolve('auto', 'refinenet')).
 DEFAULT_MARK = '*'
 
 

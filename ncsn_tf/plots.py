@@ -5,7 +5,6 @@ temporary file and renames it, so a figure on disk is never half-written.
 """
 
 import io
-import os
 
 import matplotlib
 
@@ -14,13 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ncsn_tf.runtime import artifacts  # noqa: E402
+
 
 def save_figure(fig, path: str, dpi: int = 110):
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=dpi, bbox_inches='tight')
+  with artifacts.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=dpi, bbox_inches='tight')
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def figure_to_array(fig, dpi: int = 80) -> np.ndarray:
@@ -130,17 +129,13 @@ def image_grid(images, nrow: int | None = None, padding: int = 2) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: str):
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp.png'
-  Image.fromarray(array).save(tmp)
-  os.replace(tmp, path)
+  with artifacts.atomic_path(path) as tmp:
+    Image.fromarray(array).save(tmp)
 
 
 def save_gif(frames, path: str, duration_ms: int = 120):
   """Animated GIF from uint8 frames [T, H, W, 3]; the last frame is held longer."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   pictures = [Image.fromarray(f) for f in frames]
   durations = [duration_ms] * (len(pictures) - 1) + [duration_ms * 10]
-  tmp = path + '.tmp.gif'
-  pictures[0].save(tmp, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
-  os.replace(tmp, path)
+  with artifacts.atomic_path(path) as tmp:
+    pictures[0].save(tmp, save_all=True, append_images=pictures[1:], duration=durations, loop=0)

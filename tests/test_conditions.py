@@ -19,7 +19,7 @@ from ncsn_tf.cli import modes
 from ncsn_tf.runtime import checkpoints
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import inpainting
-from ncsn_tf.sampling import registry
+from ncsn_tf.sampling import samplers
 
 SQRT3 = np.sqrt(3.0)
 
@@ -110,7 +110,7 @@ X_INIT = SDE.prior_sample([4, 8, 8, 3], tf.constant([8, 8])).numpy()
 
 def fast_sample(sampler, condition):
   name, settings = FAST[sampler]
-  x, _ = registry.make_sampler(name, SDE, **settings)(pixel_score, X_INIT, tf.constant([9, 9]),
+  x, _ = samplers.make_sampler(name, SDE, **settings)(pixel_score, X_INIT, tf.constant([9, 9]),
                                                       condition=condition)
   return x.numpy()
 
@@ -194,11 +194,11 @@ def test_annealed_langevin_and_pc_inpainting_sample_the_gaussian_conditional():
   without its corrector put the mean 30 standard errors low and the variance 43% high.
   """
   ladder = noise.Ladder(3.0, 0.05, 6)  # Few levels, many steps: ALD's last levels mix.
-  ald = registry.make_sampler('ald', ladder.ve_sde(), ladder=ladder, n_steps_each=300,
+  ald = samplers.make_sampler('ald', ladder.ve_sde(), ladder=ladder, n_steps_each=300,
                               step_lr=0.2 * 0.05**2, denoise=False)
   x_uniform = tf.random.stateless_uniform([NUM, 2], [1, 1], -3.0, 3.0)
   sde = noise.VESDE(0.01, 10.0)
-  pc = registry.make_sampler('pc', sde, num_steps=200, corrector_steps=1, snr=0.16)
+  pc = samplers.make_sampler('pc', sde, num_steps=200, corrector_steps=1, snr=0.16)
   for name, sampler, score, x_init, sigma_end in (
       ('ald', ald, gaussian_score(ladder.ve_sde(), CORRELATED), x_uniform, 0.05),
       ('pc', pc, gaussian_score(sde, CORRELATED), sde.prior_sample([NUM, 2], tf.constant([1, 1])),
@@ -233,7 +233,7 @@ def test_ode_and_heun_inpainting_is_exact_for_independent_coordinates():
       [NUM, 2], [1, 1])).numpy()
   for name, settings, atol in (('heun', dict(num_steps=18), 1e-6),
                                ('ode', dict(rtol=1e-4, atol=1e-4, denoise=True), 2e-3)):
-    sampler = registry.make_sampler(name, sde, **settings)
+    sampler = samplers.make_sampler(name, sde, **settings)
     free, _ = sampler(score, x_init, tf.constant([1, 2]))
     held, _ = sampler(score, x_init, tf.constant([1, 2]), condition=known_first(NUM))
     free, held = free.numpy(), held.numpy()
@@ -244,10 +244,10 @@ def test_ode_and_heun_inpainting_is_exact_for_independent_coordinates():
 
 
 def test_the_condition_is_not_a_sampler_setting_and_bad_conditions_fail_before_sampling():
-  for name in registry.SAMPLERS:
+  for name in samplers.names():
     extra = {'ladder': LADDER} if name == 'ald' else {}
-    assert 'condition' not in registry.resolve_settings(name, SDE, **extra)
-  heun = registry.make_sampler('heun', SDE, num_steps=2)
+    assert 'condition' not in samplers.resolve_settings(name, SDE, **extra)
+  heun = samplers.make_sampler('heun', SDE, num_steps=2)
   calls = []
   score = lambda x, t: calls.append(1) or -x
   mask = inpainting.make_mask('right', IMAGES.shape)

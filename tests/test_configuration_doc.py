@@ -13,7 +13,7 @@ from ncsn_tf import config as config_lib
 from ncsn_tf.config import docs as configuration_doc
 from ncsn_tf.config import flags as ncsn_flags
 
-# Every flag as ncsn_tf/flags.py defined it by hand before the flags were made
+# Every flag as ncsn_tf/config/flags.py defined it by hand before the flags were made
 # from the Config fields (read from that version of the file): name, kind, default.
 FLAGS_BEFORE = [
     ('batch_size', 'integer', 128),
@@ -211,4 +211,4 @@ def test_only_flags_py_uses_absl_flags():
         with open(path, encoding='utf-8') as f:
           if re.search(r'^\s*from absl import flags|^\s*import absl.flags', f.read(), re.MULTILINE):
             users.append(os.path.relpath(path, REPO_ROOT))
-  assert users == [os.path.join('ncsn_tf', 'flags.py')]
+  assert users == [os.path.join('ncsn_tf', 'config', 'flags.py')]

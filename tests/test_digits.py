@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import REPO_ROOT
 
+from ncsn_tf import catalog
 from ncsn_tf import config as config_lib
 from ncsn_tf.data import digits
 from ncsn_tf.data import images
@@ -229,8 +230,8 @@ def test_bad_inputs_fail_in_one_line_before_any_work(tmp_path):
 
 def test_num_classes_and_native_shape():
   counts = {name: data_lib.num_classes(config_lib.DataConfig(dataset=name))
-            for name in config_lib.TOY_DATASETS + config_lib.IMAGE_DATASETS}
-  assert counts == {**{toy: 0 for toy in config_lib.TOY_DATASETS}, 'mnist': 10, 'cifar10': 10,
+            for name in catalog.names()}
+  assert counts == {**{toy: 0 for toy in catalog.toy_names()}, 'mnist': 10, 'cifar10': 10,
                     'celeba': 0, 'folder': 0, 'shapes': 3, 'digits': 10}
   assert images.native_shape('digits', None) == (16, 16, 1)
   assert images.native_shape('digits', 8) == (8, 8, 1)

@@ -45,7 +45,7 @@ def run(tmp_path_factory):
   """(config, strategy, state): the tiny run's weights mirrored on both CPUs, one checkpoint."""
   workdir = tmp_path_factory.mktemp('distributed')
   config = config_from_flagfile('toy_gmm_sde', f'--workdir={workdir}', *TINY)
-  strategy = distributed.sampling_strategy(config)
+  strategy = devices.strategy_for(config)
   state = checkpoints.create_state(config, strategy)
   checkpoints.write_config_json(config)
   state.checkpoint().save(os.path.join(checkpoints.checkpoint_dir(config), 'ckpt'))
@@ -111,9 +111,8 @@ def test_every_sampler_gives_one_devices_samples_on_two(run, exact, settings):
   config, _, _ = run
   config = config.replace(sampling=settings)
   one, two = (configured.ConfiguredSampler(config, model, (2,)) for model in exact)
-  seed = tf.constant([5, 6])
-  x_one, _, nfe_one = one.sample(37, seed)
-  x_two, _, nfe_two = two.sample(37, seed)
+  x_one, _, nfe_one = one.sample(37, 5, index=6)
+  x_two, _, nfe_two = two.sample(37, 5, index=6)
   # PC's corrector averages its step over the whole batch and the ODE takes its
   # steps from the whole batch's error: the same on both, so the same NFE too.
   assert int(nfe_one) == int(nfe_two)
@@ -127,7 +126,7 @@ def test_every_sampler_gives_one_devices_samples_on_two(run, exact, settings):
   else:
     np.testing.assert_allclose(x_two, x_one, atol=ATOL, rtol=0)
   assert np.abs(x_one).max() > 1.0  # Samples, not a collapsed chain.
-  x_other, _, _ = two.sample(37, tf.constant([5, 7]))
+  x_other, _, _ = two.sample(37, 5, index=7)
   assert np.abs(x_other - x_one).max() > 0.1  # The seed matters: the comparison can fail.
 
 

@@ -283,7 +283,7 @@ def test_guided_annealed_langevin_samples_each_class_of_a_ladder_network():
   labels = _labels()
   guided = guidance.ClassifierGuidedScore(ladder, exact_classifier, labels, 1.0)
   sampler = configured.ConfiguredSampler(config, guided, (2,))
-  samples, _, _ = sampler.sample(len(labels), tf.constant([0, 0]))
+  samples, _, _ = sampler.sample(len(labels), 0)
   samples = samples.numpy()
   means, covs = _ald_moments(SIGMAS, n_steps_each, step_lr, toy.get_toy('gmm').plot_radius)
   _check_moments(samples, labels, means, covs)
@@ -323,7 +323,7 @@ def test_guided_probability_flow_ode_samples_each_class(sde_name):
   labels = _labels()
   guided = guidance.ClassifierGuidedScore(_continuous(), exact_classifier, labels, 1.0)
   sampler = configured.ConfiguredSampler(config, guided, (2,))
-  samples, _, _ = sampler.sample(len(labels), tf.constant([1, 0]))
+  samples, _, _ = sampler.sample(len(labels), 1)
   samples = samples.numpy()
   means, covs = _ode_moments(sampler.sde, eps)
   _check_moments(samples, labels, means, covs)
@@ -347,7 +347,7 @@ def test_every_sde_sampler_lands_in_the_requested_class(sampler_name, settings):
   labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int32), 200)
   free = guidance.FreeGuidedScore(_continuous(), labels, 0.0)
   samples, _, _ = configured.ConfiguredSampler(config, free, (2,)).sample(
-      len(labels), tf.constant([2, 0]))
+      len(labels), 2)
   assert _share_in_requested_component(samples.numpy(), labels, 0.1) >= 0.99
 
 

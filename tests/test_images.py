@@ -276,7 +276,7 @@ def test_folder_missing_or_empty_gives_clear_error(tmp_path):
 
 
 def test_unknown_names_and_splits_are_rejected(tmp_path):
-  with pytest.raises(ValueError, match='Unknown image dataset'):
+  with pytest.raises(ValueError, match='unknown dataset'):
     images.native_shape('svhn', 32)
   with pytest.raises(ValueError, match='batch_size'):
     images.image_dataset('shapes', image_size=32, batch_size=0)
@@ -293,8 +293,8 @@ def test_native_shapes():
   assert images.native_shape('celeba', 64) == (64, 64, 3)
   assert images.native_shape('shapes', None) == (32, 32, 3)
   assert images.native_shape('digits', None) == (16, 16, 1)
-  assert set(images.SUPPORTED) == {'mnist', 'cifar10', 'celeba', 'folder',
-                                   'shapes', 'digits'}
+  assert set(catalog.image_names()) == {'mnist', 'cifar10', 'celeba', 'folder',
+                                        'shapes', 'digits'}
 
 
 class NcsnTestDigits(tfds.core.GeneratorBasedBuilder):

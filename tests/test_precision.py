@@ -1,8 +1,8 @@
-"""Tests for ncsn_tf.precision: the auto choice, float32 islands, and that
+"""Tests for ncsn_tf.runtime.precision: the auto choice, float32 islands, and that
 mixed precision learns what float32 learns.
 
 The equivalence test trains a tiny RefineNet (ngf=8, 16x16x3 blob images, L=4)
-through `train_lib.make_train_chunk` (STEPS steps, batch 8) twice from the same initial weights, data
+through `training/step.py make_train_chunk` (STEPS steps, batch 8) twice from the same initial weights, data
 and noise seeds: once in float32 and once in mixed_bfloat16. bfloat16 rounds
 activations to 8 significant bits, so the two runs do not follow the same
 trajectory step by step; what must agree is what they learn: the DSM loss

@@ -4,7 +4,7 @@ Closed forms on a Gaussian N(μ, s² I): its σ-perturbed score is
 −(y − μ)/(s² + σ²), and an SDE with x_t = α x0 + std z perturbs it into
 N(αμ, (α² s² + std²) I), whose score is −(x − αμ)/(α² s² + std²). α and std
 are written out below in numpy (float64) from the SDEs' β schedule, not taken
-from noise.py, so the test checks the equivalence, not a copy of it.
+from noise/sde.py, so the test checks the equivalence, not a copy of it.
 """
 
 import numpy as np
@@ -14,7 +14,7 @@ import tensorflow as tf
 from ncsn_tf import losses
 from ncsn_tf import noise
 from ncsn_tf.models.mlp import NoiseConditionalMLP
-from ncsn_tf.models.score_model import LADDER_RTOL
+from ncsn_tf.noise import LADDER_RTOL
 from ncsn_tf.models.score_model import ScoreModel
 
 SIGMAS = np.geomspace(20.0, 0.01, 8).astype(np.float32)

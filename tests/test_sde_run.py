@@ -18,7 +18,7 @@ from ncsn_tf.lab import experiments
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.runtime import checkpoints
 from ncsn_tf.sampling import draw
-from ncsn_tf.sampling import registry
+from ncsn_tf.sampling import samplers
 from ncsn_tf.sampling.samplers import pc
 from ncsn_tf.training import loop as train_loop
 
@@ -32,7 +32,7 @@ def sde_config(tmp_path, *overrides):
 
 
 def test_the_config_names_are_the_registry_names():
-  assert set(config_lib.SAMPLERS) == set(registry.SAMPLERS)
+  assert set(config_lib.SAMPLERS) == set(samplers.names())
   assert set(config_lib.PREDICTORS) == set(pc.PREDICTORS)
   assert set(config_lib.CORRECTORS) == set(pc.CORRECTORS)
 

@@ -1,4 +1,4 @@
-"""The SDE samplers (sampling/pc.py, ode.py, heun.py, registry.py) with exact scores.
+"""The SDE samplers (sampling/samplers/: pc, ode, heun, ald and the registry) with exact scores.
 
 The exact score of p_t for a Gaussian mixture under any of the three SDEs is
 that of the mixture with means α(t) μ_k and covariances α² Σ_k + std(t)² I
@@ -17,7 +17,7 @@ import tensorflow_probability as tfp
 from ncsn_tf import noise
 from ncsn_tf.data import toy
 from ncsn_tf.sampling import langevin
-from ncsn_tf.sampling import registry
+from ncsn_tf.sampling import samplers
 from ncsn_tf.sampling.samplers import heun
 from ncsn_tf.sampling.samplers import ode
 from ncsn_tf.sampling.samplers import pc
@@ -90,7 +90,7 @@ SAMPLERS = {
 def draw(data, sde_name, sampler, num):
   distribution, sde, score_fn = case(data, sde_name)
   name, settings = SAMPLERS[sampler]
-  x, nfe = registry.make_sampler(name, sde, **settings)(score_fn, start(distribution, sde, num),
+  x, nfe = samplers.make_sampler(name, sde, **settings)(score_fn, start(distribution, sde, num),
                                                        tf.constant([1, 2]))
   return distribution, x.numpy(), int(nfe)
 
@@ -240,7 +240,7 @@ def test_samplers_run_inside_a_tf_function():
 
   @tf.function
   def sample_all(x_init, seed):
-    return [registry.make_sampler(name, sde, **settings)(score_fn, x_init, seed)[0]
+    return [samplers.make_sampler(name, sde, **settings)(score_fn, x_init, seed)[0]
             for name, settings in (SAMPLERS['heun'], SAMPLERS['euler_maruyama'])]
 
   for x in sample_all(x_init, tf.constant([1, 2])):
@@ -259,7 +259,7 @@ def test_the_ald_entry_is_annealed_langevin_through_the_ladder_adapter():
   x_init = tf.random.stateless_uniform([256, 2], [4, 4], -8.0, 8.0)
   seed = tf.constant([5, 5])
   settings = dict(n_steps_each=20, step_lr=2e-5, denoise=True)
-  x, nfe = registry.make_sampler('ald', ladder.ve_sde(), ladder=ladder, **settings)(
+  x, nfe = samplers.make_sampler('ald', ladder.ve_sde(), ladder=ladder, **settings)(
       ladder.time_score_fn(index_net), x_init, seed)
   reference = langevin.annealed_langevin_dynamics(index_net, x_init, ladder.sigmas, seed=seed, **settings)
   np.testing.assert_array_equal(x, reference)
@@ -278,20 +278,20 @@ def test_the_ald_entry_is_annealed_langevin_through_the_ladder_adapter():
     ('ode', dict(rtol=0.0), 'ode rtol must be > 0'),
     ('ode', dict(atol=-1e-5), 'ode atol must be > 0'),
     ('ode', dict(sampling_eps=0.0), r'sampling_eps must be in \(0, 1\)'),
-    ('heun', dict(num_steps=0), 'num_steps must be an integer >= 1'),
-    ('heun', dict(num_steps=2.5), 'num_steps must be an integer >= 1'),
+    ('heun', dict(num_steps=1), 'num_steps must be an integer >= 2'),
+    ('heun', dict(num_steps=2.5), 'num_steps must be an integer >= 2'),
     ('heun', dict(rtol=1e-3), r"unknown settings \['rtol'\] for sampler 'heun'"),
     ('ald', dict(), 'the ald sampler needs a noise.Ladder'),
 ])
 def test_bad_sampler_settings_raise_one_line_errors_before_any_work(name, settings, match):
   with pytest.raises(ValueError, match=match) as error:
-    registry.make_sampler(name, noise.VESDE(), **settings)
+    samplers.make_sampler(name, noise.VESDE(), **settings)
   assert '\n' not in str(error.value)
 
 
 def test_ancestral_is_refused_for_sub_vp_and_registry_lookups_list_names():
   with pytest.raises(ValueError, match='ancestral predictor is defined for VE and VP'):
-    registry.make_sampler('pc', noise.SubVPSDE(), predictor='ancestral')
+    samplers.make_sampler('pc', noise.SubVPSDE(), predictor='ancestral')
   with pytest.raises(ValueError, match=r"choose from \['ald', 'langevin', 'none'\]"):
-    registry.get_corrector('hmc')
-  assert registry.get_predictor('reverse_diffusion') is pc.reverse_diffusion
+    samplers.get_corrector('hmc')
+  assert samplers.get_predictor('reverse_diffusion') is pc.reverse_diffusion

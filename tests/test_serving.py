@@ -22,7 +22,9 @@ from test_image_training import config_from_flagfile
 from test_train_lib import tiny_config
 
 from ncsn_tf.sampling import guidance
+from ncsn_tf.serving import docs as serving_docs
 from ncsn_tf.serving import export as export_lib
+from ncsn_tf.serving import signatures
 from ncsn_tf.training import loop as train_loop
 
 # Runs every signature of the export at argv[1] with the inputs in argv[2]
@@ -226,14 +228,18 @@ def _check_saved_model_cli_prints_the_samples_of_the_readme_command(path):
 
 
 def _documented_signatures():
-  """{signature: {'inputs': {name: dtype}, 'outputs': {...}}} from saved_models/README.md."""
+  """{signature: {'inputs': {name: dtype}, 'outputs': {...}}} from saved_models/README.md's
+  table (generated from the registry: tests/test_serving_docs.py; read here as a user
+  reads it, to check it against what the exports serve)."""
   with open(os.path.join(REPO_ROOT, 'saved_models', 'README.md')) as f:
     text = f.read()
-  table = text.split('## Signatures', 1)[1].split('\n\n', 2)[1]
+  table = text.split(serving_docs.BEGIN, 1)[1].split(serving_docs.END, 1)[0].strip()
   documented = {}
   for line in table.splitlines()[2:]:
     cells = [c.strip() for c in line.strip('|').split('|')]
-    names = re.findall(r'`(\w+)`', cells[0])
+    # The signature, and `serving_default` where the cell says "(= `serving_default`)".
+    names = re.findall(r'^`(\w+)`|= `(\w+)`', cells[0])
+    names = [a or b for a, b in names]
     entry = {side: dict(re.findall(r'`(\w+)` (\w+)', cell))
              for side, cell in (('inputs', cells[1]), ('outputs', cells[2]))}
     for name in names:
@@ -289,3 +295,43 @@ def _check_bad_condition_inputs_fail_before_sampling(path, inputs):
       ('colorize', dict(images=-images), 'colorize: images must be in [0, 1]')):
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
       loaded.signatures[signature](**{k: tf.constant(v) for k, v in feed.items()}, seed=seed)
+
+
+def _score_norm(context, x, sigma_index):
+  """‖s(x, σ_i)‖ float32 [N]: a signature as a module outside the package adds one."""
+  score = context.score_model.score_index(x, sigma_index)
+  return {'score_norm': tf.norm(tf.reshape(score, [tf.shape(x)[0], -1]), axis=1)}
+
+
+SCORE_NORM = signatures.Signature(
+    name='score_norm', fn=_score_norm,
+    input_specs=lambda context: [context.x_spec(), context.sigma_index_spec()],
+    inputs='`x` float32 [N, *data_shape], `sigma_index` int32 [N]',
+    outputs='`score_norm` float32 [N]', doc='The score\'s norm per example.')
+
+
+@pytest.fixture
+def score_norm_registered():
+  """SCORE_NORM in the registry for one test (the registry is the process's)."""
+  signatures.register(SCORE_NORM)
+  try:
+    yield SCORE_NORM
+  finally:
+    signatures.unregister(SCORE_NORM.name)
+
+
+def test_a_signature_registered_from_outside_is_exported_and_served(score_norm_registered,
+                                                                     tmp_path):
+  """One `register` call from outside the package: the export has the signature, and
+  the session loader (TF Serving's) restores the variables it reads and answers."""
+  config = tiny_config(tmp_path / 'toy', train_steps=2)
+  state = train_loop.train(config)
+  path = export_lib.export(state.ema_model, config, state.sigmas)
+  x = np.random.default_rng(3).normal(scale=5, size=(5, 2)).astype(np.float32)
+  index = (np.arange(5) % 4).astype(np.int32)
+  results = _run_both_loaders(path, {'score_norm/x': x, 'score_norm/sigma_index': index},
+                              tmp_path)
+  expected = np.linalg.norm(state.ema_model(x, index).numpy(), axis=1)
+  for loader in ('session', 'object_graph'):
+    np.testing.assert_allclose(results[f'{loader}/score_norm/score_norm'], expected,
+                               rtol=1e-5, err_msg=loader)

@@ -84,7 +84,7 @@ def test_parameter_count_without_normalisation_follows_the_layout():
 
 
 def test_config_knows_the_same_norms():
-  # config.py stays free of Keras, so it keeps its own copy of the choices.
+  # The config schema stays free of Keras, so it keeps its own copy of the choices.
   assert config_lib.UNET_NORMS == NORMS
 
 

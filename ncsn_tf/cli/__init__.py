@@ -1,1 +1,1 @@
-"""TODO package docstring."""
+"""The command line's layer: one small function per --mode (run.py parses the flags)."""

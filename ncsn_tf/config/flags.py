@@ -3,7 +3,7 @@
 This is the only module that defines or reads FLAGS. The flags are not listed
 here: each is defined from its Config field (`config.setting`: name, help,
 allowed values; the type from the field's annotation), and `build_config` fills
-every field from its flag, so adding a setting is one field in ncsn_tf/config.py
+every field from its flag, so adding a setting is one field in ncsn_tf/config/schema.py
 (plus its check in `config.validate`). Defaults are the dataclass defaults, so a
 flagfile is a short list of overrides; docs/configuration.md lists them all.
 """

@@ -1,4 +1,9 @@
-"""TODO docstring (from ncsn_tf.config)."""
+"""Which settings may change between runs on one workdir, and what changed.
+
+A workdir's checkpoints belong to its model, data and optimisation; settings
+marked `resume_safe` (how long, how often, where and how a run executes, what
+it samples and measures) may differ when the run is resumed or reused.
+"""
 
 from ncsn_tf.config import schema
 

@@ -1,4 +1,12 @@
-"""TODO docstring (from ncsn_tf.config)."""
+"""The run configuration's schema: frozen dataclasses grouped by concern, one field per setting.
+
+`Config` is the only thing library code receives (never absl FLAGS). Every
+field is declared with `setting(default, help, ...)`: its flag name, help
+text, allowed values and resume-safety live in the field's metadata, from which
+ncsn_tf/config/flags.py defines the command-line flags and builds the Config,
+validate.py checks it, resume.py tells which fields may change on a workdir,
+and `python -m ncsn_tf.config.docs` writes docs/configuration.md.
+"""
 
 import dataclasses
 import json
@@ -6,21 +14,12 @@ import os
 
 from ncsn_tf import catalog
 
-
-
 MODES = ('train', 'sample', 'eval', 'export', 'experiment', 'inpaint', 'colorize', 'stats',
          'likelihood')
 
 
-#: --inception_kind values: the network whose features FID/IS/KID use (ncsn_tf/evaluation.py).
+#: --inception_kind values: the network whose features FID/IS/KID use (ncsn_tf/evaluation/images.py).
 INCEPTION_KINDS = ('fid_graph', 'keras', 'tiny_random')
-
-
-MODELS = ('mlp', 'refinenet', 'unet')
-
-
-# Score networks for images: the paper's RefineNet, or a small U-Net (models/unet.py).
-IMAGE_MODELS = ('refinenet', 'unet')
 
 
 # The U-Net halves the resolution three times (32 -> 4).
@@ -33,7 +32,7 @@ LOSSES = ('anneal_dsm', 'esm', 'ism', 'dsm', 'ssm', 'ssm_vr', 'anneal_ssm', 'con
 PROJECTIONS = ('gaussian', 'rademacher')
 
 
-#: --experiment values of --mode=experiment (see ncsn_tf/experiments.py).
+#: --experiment values of --mode=experiment (see ncsn_tf/lab/experiments.py).
 EXPERIMENTS = ('all', 'objectives', 'trajectories', 'samplers', 'weights', 'sde_samplers')
 
 
@@ -49,7 +48,7 @@ PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 STRATEGIES = ('auto', 'mirrored', 'multi_worker')
 
 
-#: --lr_schedule values (ncsn_tf/lr_schedule.py).
+#: --lr_schedule values (ncsn_tf/training/lr_schedule.py).
 LR_SCHEDULES = ('constant', 'cosine')
 
 
@@ -65,20 +64,8 @@ PRECONDITIONINGS = ('none', 'edm')
 UNET_NORMS = ('group', 'none')
 
 
-#: --sde values: none (NCSN's discrete ladder) or a noise process of ncsn_tf/noise.py.
-SDES = ('none', 've', 'vp', 'subvp')
-
-
 #: --noise_embedding values: one learned row per ladder level, or Fourier features of log σ.
 NOISE_EMBEDDINGS = ('ladder', 'fourier')
-
-
-#: Networks that take a continuous σ with --noise_embedding=fourier.
-CONTINUOUS_MODELS = ('mlp', 'unet')
-
-
-#: --sampler values (ncsn_tf/sampling/registry.py SAMPLERS; a test keeps them equal).
-SAMPLERS = ('ald', 'pc', 'ode', 'heun')
 
 
 #: --likelihood_source values: score a dataset split, or the model's own samples.
@@ -101,7 +88,7 @@ TASKS = ('score', 'classifier')
 GUIDANCES = ('none', 'classifier', 'free')
 
 
-#: --predictor and --corrector values of --sampler=pc (ncsn_tf/sampling/pc.py).
+#: --predictor and --corrector values of --sampler=pc (ncsn_tf/sampling/samplers/pc.py).
 PREDICTORS = ('reverse_diffusion', 'euler_maruyama', 'ancestral', 'none')
 
 
@@ -128,7 +115,7 @@ def setting(default, help: str, *, flag: str | None = None, choices: tuple | Non
     (the last flagfile's name without .cfg).
 
   The flag's type follows the field's annotation: str (or str | None), int, float, bool.
-  ncsn_tf/flags.py defines every flag from these fields and builds the Config
+  ncsn_tf/config/flags.py defines every flag from these fields and builds the Config
   from them; `python -m ncsn_tf.configuration_doc` writes docs/configuration.md.
   """
   if enum and not choices:
@@ -157,8 +144,9 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """The score network and its noise ladder (ncsn_tf/models/, ncsn_tf/sigmas.py)."""
-  name: str = setting('mlp', f'One of {", ".join(MODELS)}.', flag='model', choices=MODELS)
+  """The score network and its noise ladder (ncsn_tf/models/, ncsn_tf/noise/ladder.py)."""
+  name: str = setting('mlp', 'A registered network (ncsn_tf/models/): mlp (toys), refinenet '
+                      '(the paper\'s) or unet.', flag='model')
   sigma_begin: float = setting(20.0, 'σ_1, the largest noise level.')
   sigma_end: float = setting(1.0, 'σ_L, the smallest noise level.')
   num_scales: int = setting(10, 'L, the number of noise levels.')
@@ -186,7 +174,8 @@ class ModelConfig:
       'none', 'Noise process: none (the discrete ladder of --sigma_begin, --sigma_end, '
       '--num_scales; the paper) or ve, vp, subvp (Song et al. 2021; ve runs from '
       'σ_min = --sigma_end to σ_max = --sigma_begin). Needs --noise_embedding=fourier '
-      'and --loss=continuous_dsm.', choices=SDES)
+      'and --loss=continuous_dsm. Also an SDE an --extensions module registers '
+      '(docs/extending.md).')
   noise_embedding: str = setting(
       'ladder', 'How the network sees the noise level: ladder (one learned row per level) '
       'or fourier (Gaussian Fourier features of log σ: any σ; --model=mlp or unet).',
@@ -207,7 +196,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """The optimisation, the training loop and its devices (ncsn_tf/train_lib.py)."""
+  """The optimisation, the training loop and its devices (ncsn_tf/training/loop.py)."""
   loss: str = setting('anneal_dsm', f'One of {", ".join(LOSSES)}.', choices=LOSSES)
   batch_size: int = setting(128, 'Global batch size.')
   learning_rate: float = setting(1e-3, 'Adam learning rate.')
@@ -276,7 +265,7 @@ class SamplingConfig:
   sampler: str = setting(
       'ald', 'ald (annealed Langevin on the ladder, the paper), pc (predictor-corrector), '
       'ode (probability-flow ODE, adaptive) or heun (EDM, Karras et al. 2022); all but '
-      'ald need --sde.', choices=SAMPLERS, resume_safe=True)
+      'ald need --sde. Every registered sampler: docs/sde.md.', resume_safe=True)
   predictor: str = setting('reverse_diffusion', '--sampler=pc: the predictor.',
                            choices=PREDICTORS, resume_safe=True)
   corrector: str = setting('langevin', '--sampler=pc: the corrector.', choices=CORRECTORS,
@@ -336,8 +325,8 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """Sample quality (ncsn_tf/evaluation.py, docs/evaluation.md) and likelihoods
-  (ncsn_tf/likelihood_eval.py); all resume-safe: they choose what is measured, not the model."""
+  """Sample quality (ncsn_tf/evaluation/images.py, docs/evaluation.md) and likelihoods
+  (ncsn_tf/evaluation/likelihood.py); all resume-safe: they choose what is measured, not the model."""
   num_samples: int = setting(
       50_000, 'Samples for Inception Score, FID and KID (50000 as published; 0: held-out loss only).',
       flag='eval_samples', resume_safe=True)
@@ -389,6 +378,10 @@ class Config:
   seed: int = setting(0, 'Global seed: data, noise levels, Langevin noise.')
   experiment: str = setting('all', 'With --mode=experiment: the score-matching lab figure/table to make.',
                             choices=EXPERIMENTS, enum=True, resume_safe=True)
+  extensions: str = setting(
+      '', 'Comma-separated Python modules (import names, or paths to .py files) imported '
+      'before the configuration is checked: they register datasets, samplers, SDEs, networks '
+      'or served signatures (docs/extending.md).', resume_safe=True)
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   train: TrainConfig = TrainConfig()

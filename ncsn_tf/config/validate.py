@@ -1,9 +1,18 @@
-"""TODO docstring (from ncsn_tf.config)."""
+"""Every check of a Config that needs no TensorFlow: one-line ConfigErrors naming the flag.
+
+`validate(config)` runs before any work (run.py calls it through
+ncsn_tf/config/flags.py before TensorFlow even loads). It imports the
+--extensions modules first, then checks every field's allowed values, ranges
+and how the fields fit together. What the registries own (which networks,
+SDEs and samplers exist and what they can do) is checked by their own
+`check_config`, which ncsn_tf.api.validate runs after this.
+"""
 
 import json
 import os
 
 from ncsn_tf import catalog
+from ncsn_tf.config import extensions
 from ncsn_tf.config import schema
 
 
@@ -18,6 +27,8 @@ def validate(config: schema.Config) -> schema.Config:
   Fields with `choices` are checked here first, for every setting alike; the
   rest of the checks are per field and across fields.
   """
+  # Extensions first: they may register the dataset, network, SDE or sampler named below.
+  extensions.load(config.extensions)
   _require(config.data.dataset in catalog.names(), 'dataset',
            f'must be one of {", ".join(catalog.names())}, got {config.data.dataset!r}')
   for s in schema.settings():
@@ -110,11 +121,9 @@ def _validate_data(data: schema.DataConfig):
 
 
 def _validate_model(model: schema.ModelConfig, data: schema.DataConfig):
-  if data.is_toy:
-    _require(model.name == 'mlp', 'model', f'toy datasets use --model=mlp, got {model.name!r}')
-  else:
-    _require(model.name in schema.IMAGE_MODELS, 'model',
-             f'image datasets use --model=refinenet or unet, got {model.name!r}')
+  # Which networks take which data is the network registry's (models/registry.py
+  # check_config); the checks here are of the networks' own settings.
+  if not data.is_toy:
     if model.name == 'unet':
       _require(data.image_size % schema.UNET_SIZE_MULTIPLE == 0, 'image_size',
                f'--model=unet needs a multiple of {schema.UNET_SIZE_MULTIPLE}, got {data.image_size}')
@@ -134,8 +143,8 @@ def _validate_model(model: schema.ModelConfig, data: schema.DataConfig):
   # Checked for every model, used by the U-Net only (as --ngf is shared), so a
   # flagfile that sets it can be rerun with --model=refinenet.
   if model.preconditioning == 'edm':
-    _require(model.name in schema.IMAGE_MODELS, 'preconditioning',
-             f'edm applies to --model={" or ".join(schema.IMAGE_MODELS)}, got {model.name!r}')
+    _require(model.name in ('refinenet', 'unet'), 'preconditioning',
+             f'edm applies to --model=refinenet or unet, got {model.name!r}')
     _require(not model.scale_by_sigma, 'preconditioning',
              'edm scales the output itself; pass --scale_by_sigma=false with it')
     _require(model.sigma_data > 0, 'sigma_data', f'must be > 0, got {model.sigma_data}')
@@ -195,9 +204,10 @@ def _validate_continuous(config: schema.Config):
   """The SDE, the continuous-σ network, its loss and the samplers fit together."""
   m, t, s = config.model, config.train, config.sampling
   continuous = m.noise_embedding == 'fourier'
+  # Which networks take σ, which SDEs exist and which samplers need one are the
+  # registries' (models/registry.py, noise/sde.py, sampling/samplers/registry.py:
+  # their check_config, run after this by ncsn_tf.api.validate).
   if continuous:
-    _require(m.name in schema.CONTINUOUS_MODELS, 'noise_embedding',
-             f'fourier applies to --model={" or ".join(schema.CONTINUOUS_MODELS)}, got {m.name!r}')
     _require(m.preconditioning == 'none', 'preconditioning',
              f'{m.preconditioning} is for the ladder networks; the fourier networks scale '
              'their own input and output')
@@ -225,12 +235,7 @@ def _validate_continuous(config: schema.Config):
              if wants_continuous else
              f'{config.experiment} trains ladder networks; a continuous-σ run has '
              f'{", ".join(schema.CONTINUOUS_EXPERIMENTS)}')
-  if s.sampler != 'ald':
-    _require(continuous, 'sampler',
-             f'{s.sampler} needs a continuous-σ model (--sde and --noise_embedding=fourier); '
-             'a ladder network answers only its own levels: use --sampler=ald')
-  _require(s.sampling_steps >= (2 if s.sampler == 'heun' else 1), 'sampling_steps',
-           f'must be >= {2 if s.sampler == "heun" else 1}, got {s.sampling_steps}')
+  _require(s.sampling_steps >= 1, 'sampling_steps', f'must be >= 1, got {s.sampling_steps}')
   _require(s.corrector_steps >= 0, 'corrector_steps', f'must be >= 0, got {s.corrector_steps}')
   _require(s.snr > 0, 'snr', f'must be > 0, got {s.snr}')
   _require(s.ode_rtol > 0, 'ode_rtol', f'must be > 0, got {s.ode_rtol}')

@@ -1,6 +1,26 @@
-"""TODO docstring (from ncsn_tf.modes)."""
+"""Conditional generation on test images: inpainting and colourisation, written to the workdir.
+
+`inpaint_run` completes test images under --inpaint_mask and `colorize_run`
+colours them from their grey axis, each with the run's --sampler (every
+sampler takes the conditions of ncsn_tf/sampling/conditions.py); the
+colourisation is measured against the originals.
+"""
+
+
+import os
 
 import numpy as np
+from absl import logging
+
+from ncsn_tf import config as config_lib
+from ncsn_tf import plots
+from ncsn_tf.data import pipeline as data_lib
+from ncsn_tf.runtime import artifacts
+from ncsn_tf.runtime import checkpoints
+from ncsn_tf.sampling import conditions
+from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import inpainting
+from ncsn_tf.sampling import samplers
 
 
 def _rmse(a, b) -> float:
@@ -19,3 +39,102 @@ def _rmse_between(completions) -> float | None:
   pairs = [np.mean((completions[:, i] - completions[:, j]).astype(np.float64)**2)
            for i in range(k) for j in range(i + 1, k)]
   return float(np.sqrt(np.mean(pairs)))
+
+
+def _test_images(config: config_lib.Config, num: int) -> np.ndarray:
+  """The first `num` images of the test split, in the data's range: float32 [num, H, W, C]."""
+  make_dataset = data_lib.dataset_fn(config.replace(train={'batch_size': num}), split='test',
+                                     shuffle=False)
+  return next(iter(make_dataset(None))).numpy()
+
+
+def _draw_under(config: config_lib.Config, state, condition) -> tuple[np.ndarray, int]:
+  """Samples with --sampler under `condition` (sampling/conditions.py), one per row of its
+  `known`, from seed [seed, 7]: (samples [M, H, W, C], score evaluations per sample)."""
+  sampler = configured.ConfiguredSampler(config, state.score_model,
+                                         data_lib.data_shape(config.data))
+  samples, _, nfe = sampler.sample(int(condition.known.shape[0]), config.seed,
+                                   index=configured.CONDITIONED_BATCH, condition=condition)
+  return samples.numpy(), int(nfe)
+
+
+def inpaint_run(config: config_lib.Config, state=None) -> str:
+  """Completes --num_inpaint_images test images under --inpaint_mask, with --sampler.
+
+  Every sampler accepts the inpainting condition (sampling/conditions.py, docs/controllable.md).
+  Writes <workdir>/inpainting/inpainting.png: one row per image with the
+  original, the masked input and --inpaint_completions completions, and
+  inpainting.npz with the arrays.
+  """
+  state = state or checkpoints.restore_for_inference(config)
+  s = config.sampling
+  originals = _test_images(config, s.num_inpaint_images)
+  shape = originals.shape
+  if s.inpaint_mask in inpainting.MASK_KINDS:
+    mask = inpainting.make_mask(s.inpaint_mask, shape, seed=config.seed)
+  else:
+    mask = inpainting.mask_from_image(s.inpaint_mask, shape)
+  repeated = np.repeat(originals, s.inpaint_completions, axis=0)
+  repeated_mask = np.repeat(mask, s.inpaint_completions, axis=0)
+  completions, nfe = _draw_under(config, state, conditions.inpainting(repeated, repeated_mask))
+  completions = completions.reshape((shape[0], s.inpaint_completions) + shape[1:])
+  masked = originals * mask + 0.5 * (1 - mask)  # Unknown pixels shown grey.
+  rows = np.concatenate([originals[:, None], masked[:, None], completions], axis=1)
+  out_dir = os.path.join(config.workdir, 'inpainting')
+  plots.save_png(plots.image_grid(rows.reshape((-1,) + shape[1:]), nrow=rows.shape[1]),
+                 os.path.join(out_dir, 'inpainting.png'))
+  artifacts.write_npz(os.path.join(out_dir, 'inpainting.npz'), originals=originals, mask=mask,
+                      completions=completions)
+  logging.info('wrote %s (%s, %d score evaluations per completion)',
+               os.path.join(out_dir, 'inpainting.png'), samplers.describe(s), nfe)
+  return out_dir
+
+
+def colorize_run(config: config_lib.Config, state=None) -> dict:
+  """Colourises --num_inpaint_images test images from their grey axis, with --sampler.
+
+  The grey coordinate (r + g + b)/√3 of every pixel is known and the two
+  chroma coordinates are sampled (sampling/conditions.py, docs/controllable.md).
+  Writes <workdir>/colorization/: colorization.png (per row the original, the
+  grey input and --inpaint_completions completions), colorization.npz
+  (originals, grey [N, H, W, 1], completions [N, K, H, W, 3] as sampled) and
+  colorization.json: the colour error, RMSE over pixels and channels in [0, 1]
+  units, of the completions (clipped to [0, 1]) and of their mean per image
+  against the originals, beside the grey-to-colour baseline's (the grey
+  image in all three channels), and the RMSE between two completions of one
+  image (a sampler of the true conditional has it equal to the completions'
+  error: the original is one more draw). Returns the JSON's dict.
+  """
+  state = state or checkpoints.restore_for_inference(config)
+  s = config.sampling
+  originals = _test_images(config, s.num_inpaint_images)
+  shape = originals.shape
+  grey = conditions.grey_of(originals).numpy()
+  condition = conditions.colorization(np.repeat(grey, s.inpaint_completions, axis=0))
+  completions, nfe = _draw_under(config, state, condition)
+  completions = completions.reshape((shape[0], s.inpaint_completions) + shape[1:])
+  colour = np.clip(completions, 0.0, 1.0)
+  baseline = np.repeat(grey, shape[-1], axis=-1)
+  result = {
+      'images': shape[0], 'completions_per_image': s.inpaint_completions,
+      'sampler': samplers.describe(s), 'nfe_per_completion': nfe,
+      'rmse_completions': _rmse(colour, originals[:, None]),
+      'rmse_mean_of_completions': _rmse(colour.mean(axis=1), originals),
+      'rmse_grey_baseline': _rmse(baseline, originals),
+      'rmse_between_completions': _rmse_between(colour),
+      'rmse_completions_per_image': [_rmse(c, o) for c, o in zip(colour, originals[:, None])],
+      'rmse_grey_baseline_per_image': [_rmse(b, o) for b, o in zip(baseline, originals)]}
+  out_dir = os.path.join(config.workdir, 'colorization')
+  rows = np.concatenate([originals[:, None], baseline[:, None], colour], axis=1)
+  plots.save_png(plots.image_grid(rows.reshape((-1,) + shape[1:]), nrow=rows.shape[1]),
+                 os.path.join(out_dir, 'colorization.png'))
+  artifacts.write_npz(os.path.join(out_dir, 'colorization.npz'), originals=originals, grey=grey,
+                      completions=completions)
+  artifacts.write_json(os.path.join(out_dir, 'colorization.json'), result)
+  logging.info('colourisation (%s, %d score evaluations each): RMSE %.4f of %d completions '
+               'against the originals (their mean per image: %.4f; between two completions: '
+               '%s); grey-to-colour baseline %.4f; wrote %s', result['sampler'], nfe,
+               result['rmse_completions'], colour.shape[0] * colour.shape[1],
+               result['rmse_mean_of_completions'], result['rmse_between_completions'],
+               result['rmse_grey_baseline'], out_dir)
+  return result

@@ -34,19 +34,19 @@ from absl import logging
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import plots
-from ncsn_tf.data import images
+from ncsn_tf.data import images as image_data
 from ncsn_tf.data import pipeline as data_lib
 from ncsn_tf.evaluation import toy as toy_eval
 from ncsn_tf.metrics import image as image_metrics
 from ncsn_tf.metrics import inception
-from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime import checkpoints
 from ncsn_tf.runtime import devices
 from ncsn_tf.runtime.progress import Progress
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
-from ncsn_tf.training import heldout
+from ncsn_tf.sampling import samplers
+from ncsn_tf.training import heldout as heldout_lib
 
 #: Splits of the Inception Score, as in every published number.
 IS_SPLITS = 10
@@ -59,8 +59,6 @@ KID_MAX_FEATURES = 10_000
 GRID_SAMPLES = 64
 #: Key of the KID reference features stored beside mu/sigma in computed statistics.
 FEATURES_KEY = 'features'
-#: Seed offsets (added to --seed) of the evaluation sampler's initial states and noise.
-_INIT_SEED, _NOISE_SEED = 2_000_003, 3_000_017
 
 
 # --- feature extractor and reference statistics ---------------------------------
@@ -99,7 +97,7 @@ def dataset_images(config: config_lib.Config, split: str, limit: int = 0):
   """
   d, ev = config.data, config.eval
   batch_size = min(ev.batch_size, limit) if limit else ev.batch_size
-  dataset = images.image_dataset(
+  dataset = image_data.image_dataset(
       d.dataset, split=split, image_size=d.image_size, batch_size=batch_size,
       data_dir=d.data_dir, data_path=d.data_path, random_flip=False, dequantize=False,
       logit_transform=False, shuffle=False, repeat=False, seed=config.seed)
@@ -151,13 +149,13 @@ def compute_reference_statistics(config: config_lib.Config, extractor, path: str
                      f'{acc.statistics.count} image(s); lower --eval_batch_size (the last '
                      'partial batch is dropped) or use a larger split')
   mu, sigma = acc.statistics.mean_cov()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path[:-len('.npz')] + '.tmp.npz' if path.endswith('.npz') else path + '.tmp.npz'
-  tmp = image_metrics.save_statistics(
-      tmp, mu, sigma, **{FEATURES_KEY: acc.kid_features()}, extractor=extractor.name,
-      dataset=config.data.dataset, split=ev.reference_split,
-      image_size=data_lib.data_shape(config.data)[0], num_images=acc.statistics.count)
-  os.replace(tmp, path)
+  if not path.endswith('.npz'):
+    path += '.npz'  # What numpy would write; the name is reported as written.
+  with artifacts.atomic_path(path) as tmp:
+    image_metrics.save_statistics(
+        tmp, mu, sigma, **{FEATURES_KEY: acc.kid_features()}, extractor=extractor.name,
+        dataset=config.data.dataset, split=ev.reference_split,
+        image_size=data_lib.data_shape(config.data)[0], num_images=acc.statistics.count)
   logging.info('reference statistics of %d %s/%s images (%s features) -> %s',
                acc.statistics.count, config.data.dataset, ev.reference_split, extractor.name, path)
   return path
@@ -246,9 +244,8 @@ class ImageEvaluator:
     self.strategy, self.cross_worker = strategy, cross_worker
     # One sampler over one score model for every batch and checkpoint: one
     # trace of the sampler (checkpoints are restored into the same variables).
-    self._sampler = configured.ConfiguredSampler(
-        config, distributed.shard(configured.as_score_model(model, self.sigmas), strategy),
-        data_lib.data_shape(config.data))
+    self._sampler = configured.ConfiguredSampler(config, model, data_lib.data_shape(config.data),
+                                                 strategy=strategy, sigmas=self.sigmas)
 
   def _sample_batches(self, num: int):
     ev = self.config.eval
@@ -256,9 +253,7 @@ class ImageEvaluator:
 
     def draw(k):
       # Full batches only (same shapes, no re-trace); the last one is cut.
-      x_init = self._sampler.initial_state(ev.batch_size,
-                                           tf.constant([self.config.seed + _INIT_SEED, k]))
-      x, _, _ = self._sampler.run(x_init, tf.constant([self.config.seed + _NOISE_SEED, k]))
+      x, _, _ = self._sampler.sample(ev.batch_size, self.config.seed, index=k, stream='eval')
       return {'samples': x.numpy()[:sizes[k]]}
 
     for _, batch in distributed.batches_in_order(self.strategy, sizes, draw,
@@ -324,7 +319,7 @@ class ImageEvaluator:
       metrics['feature_source'] = extractor_info(config, self.extractor)
       metrics['reference_stats'] = self.reference.info
       s = config.sampling
-      metrics['sampler'] = {'name': s.sampler, **configured.sampler_settings(s),
+      metrics['sampler'] = {'name': s.sampler, **samplers.settings_from(s),
                             'batch_size': config.eval.batch_size, 'seed': config.seed}
     _write_image_summaries(writer, metrics, grid)
     logging.info('step %d: %s', step, _summary_line(metrics))
@@ -403,7 +398,7 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
   chief alone measures and writes (the others return {}); with `state`
   (after training: the chief alone) on this machine's replicas.
   """
-  strategy = distributed.sampling_strategy(config)
+  strategy = devices.strategy_for(config)
   cross_worker = state is None
   if state is None:
     state = checkpoints.create_state(config, strategy)
@@ -413,19 +408,17 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
   if not devices.is_chief(strategy):
     return _draw_worker_share(config, state, targets, strategy)
   writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
-  # Without an EMA (--ema_rate=0) the EMA copy keeps the initial weights.
-  model = state.ema_model if config.train.ema_rate > 0 else state.model
-  heldout = heldout.make_heldout_eval(
-      config.replace(train={'heldout_batches': max(config.train.heldout_batches, 1)}),
-      dataclasses.replace(state, ema_model=model))
-  # The toy figures and metrics ask the network at ladder levels (a
-  # continuous-σ network answers at the levels' σ); the samplers at any σ.
-  score_model = ScoreModel(model, state.sigmas, continuous=state.continuous)
+  heldout_eval = heldout_lib.make_heldout_eval(
+      config.replace(train={'heldout_batches': max(config.train.heldout_batches, 1)}), state)
+  # The EMA network (the network itself without EMA): TrainState makes the choice.
+  # The toy figures and metrics ask it at ladder levels (a continuous-σ network
+  # answers at the levels' σ); the samplers at any σ.
+  score_model = state.score_model
   if config.data.is_toy:
     def evaluate(step):
       metrics = toy_eval.evaluate_toy(config, score_model, state.sigmas, step=step, writer=writer,
                                       strategy=strategy)
-      mean, per_sigma = heldout()
+      mean, per_sigma = heldout_eval()
       metrics.update(heldout_loss=float(mean),
                      heldout_loss_per_sigma=artifacts.json_floats(per_sigma))
       with writer.as_default(step=step):
@@ -437,7 +430,7 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
     if _sample_metrics_enabled(config):
       extractor = build_extractor(config.eval)
       reference = reference_for(config, extractor)
-    evaluator = ImageEvaluator(config, score_model, state.sigmas, heldout, extractor, reference,
+    evaluator = ImageEvaluator(config, score_model, state.sigmas, heldout_eval, extractor, reference,
                                strategy=strategy, cross_worker=cross_worker)
     evaluate = lambda step: evaluator(step, writer)  # noqa: E731
   results = {}
@@ -452,9 +445,7 @@ def _draw_worker_share(config: config_lib.Config, state, targets: dict, strategy
   """A non-chief worker of --mode=eval: its share of every checkpoint's image samples, for
   the chief's metrics (the same collective calls as the chief's sweep); writes nothing."""
   if _sample_metrics_enabled(config):
-    model = state.ema_model if config.train.ema_rate > 0 else state.model
-    score_model = ScoreModel(model, state.sigmas, continuous=state.continuous)
-    evaluator = ImageEvaluator(config, score_model, state.sigmas, None, strategy=strategy,
+    evaluator = ImageEvaluator(config, state.score_model, state.sigmas, None, strategy=strategy,
                                cross_worker=True)
     for path in targets.values():
       if path is not None:
@@ -467,8 +458,8 @@ def _draw_worker_share(config: config_lib.Config, state, targets: dict, strategy
 def write_metrics(config: config_lib.Config, results: dict) -> dict:
   """Merges {step: metrics} into <workdir>/metrics.json (atomically); returns the payload."""
   previous = artifacts.read_metrics(config.workdir).get('checkpoints', {})
-  checkpoints = {**previous, **{str(step): m for step, m in results.items()}}
+  per_step = {**previous, **{str(step): m for step, m in results.items()}}
   latest = results[max(results)]
-  payload = {**latest, 'checkpoints': dict(sorted(checkpoints.items(), key=lambda kv: int(kv[0])))}
+  payload = {**latest, 'checkpoints': dict(sorted(per_step.items(), key=lambda kv: int(kv[0])))}
   artifacts.write_metrics(config.workdir, payload)
   return payload

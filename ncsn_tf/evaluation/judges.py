@@ -1,9 +1,17 @@
-"""TODO docstring (from ncsn_tf.modes)."""
+"""The clean judges of samples: each dataset's row in ncsn_tf/catalog.py names its judge.
+
+shape_fit (shapes): how many sample objects are clean discs, squares or
+triangles (metrics/shape_fit.py). digit_judge (digits): a classifier fitted on
+the clean training digits only gives the class share, an Inception-Score
+analogue, a Fréchet distance and nearest-training-image distances
+(metrics/digit_judge.py). Datasets without a judge get none.
+"""
 
 import os
 
 from absl import logging
 
+from ncsn_tf import catalog
 from ncsn_tf import config as config_lib
 from ncsn_tf.data import shapes
 from ncsn_tf.metrics import digit_judge
@@ -49,3 +57,17 @@ def write_shape_fit(images, image_size: int, out_dir: str) -> dict:
       summary[key] = artifacts.json_floats([summary[key]])[0]
   artifacts.write_json(os.path.join(out_dir, 'shape_fit.json'), result)
   return result
+
+
+def judge_samples(images, labels, config: config_lib.Config, out_dir: str) -> dict | None:
+  """The dataset's judge on samples, written to `out_dir`; None if the dataset has none.
+
+  images: float [N, S, S, C] in [0, 1]; labels: the requested classes int [N]
+  (guided samples; digit_judge uses them), or None.
+  """
+  judge = catalog.get(config.data.dataset).judge
+  if judge == 'shape_fit':
+    return write_shape_fit(images, config.data.image_size, out_dir)
+  if judge == 'digit_judge':
+    return write_digit_judgement(images, labels, config, out_dir)
+  return None

@@ -99,7 +99,7 @@ def _model_samples(config, score_model, num: int, shape) -> np.ndarray:
   out = []
   for k, (start, _) in enumerate(_batches(np.zeros(num), config.sampling.sample_batch_size)):
     size = min(config.sampling.sample_batch_size, num - start)
-    samples, _, _ = sampler.sample(size, tf.constant([config.seed + 71, k], tf.int32))
+    samples, _, _ = sampler.sample(size, config.seed, index=k, stream='likelihood')
     out.append(samples.numpy())
   return np.concatenate(out)
 
@@ -211,12 +211,8 @@ def write_per_example(config: config_lib.Config, step: int, arrays: dict) -> str
   reproduces that batch's values, whose probes come from [--seed, k]) and
   bits_per_dim float32 [repeats, N]. Returns the path.
   """
-  out_dir = os.path.join(config.workdir, 'likelihood')
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f'likelihood_{step}.npz')
-  tmp = path + '.tmp.npz'
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, path)
+  path = os.path.join(config.workdir, 'likelihood', f'likelihood_{step}.npz')
+  artifacts.write_npz(path, **arrays)
   return path
 
 

@@ -24,6 +24,7 @@ from ncsn_tf.runtime import artifacts
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
 from ncsn_tf.sampling import langevin
+from ncsn_tf.sampling import samplers
 
 _NUM_EVAL_POINTS = 4096
 
@@ -86,8 +87,9 @@ def configured_samples(config: config_lib.Config, model: ScoreModel, dist, strat
 
   strategy: split every score evaluation over its local replicas (sampling/distributed.py).
   """
-  sampler = configured.ConfiguredSampler(config, distributed.shard(model, strategy), (dist.dim,))
-  samples, _, nfe = sampler.sample(config.sampling.num_samples, tf.constant([config.seed, 19]))
+  sampler = configured.ConfiguredSampler(config, model, (dist.dim,), strategy=strategy)
+  samples, _, nfe = sampler.sample(config.sampling.num_samples, config.seed,
+                                   index=configured.TOY_FIGURE_BATCH)
   return samples.numpy(), int(nfe)
 
 
@@ -116,7 +118,7 @@ def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 
   if config.sampling.sampler != 'ald':
     name = config.sampling.sampler
     samples[f'{name}_learned'], nfe = configured_samples(config, model, dist, strategy)
-    metrics['sampler'] = {'name': name, 'settings': configured.describe(config.sampling),
+    metrics['sampler'] = {'name': name, 'settings': samplers.describe(config.sampling),
                           'nfe': nfe}
   figures = _score_field_figures(dist, score_model, sigmas)
   true_samples = dist.sample(config.sampling.num_samples, seed=[config.seed, 16]).numpy()

@@ -1,1 +1,2 @@
-"""TODO package docstring."""
+"""The lab: score-matching objectives and samplers compared on toys with exact scores
+(--mode=experiment)."""

@@ -13,7 +13,7 @@ trajectories  a few particles of Langevin (exact score), MALA (exact density)
               and annealed Langevin (learned network) over the true vector field.
 samplers      exact density | MALA with the exact score | annealed Langevin with
               the learned network, with MMD and sliced Wasserstein to the truth.
-sde_samplers  continuous-σ runs only (experiments_sde.py): annealed Langevin, PC,
+sde_samplers  continuous-σ runs only (lab/sde_samplers.py): annealed Langevin, PC,
               reverse diffusion, Euler-Maruyama, the ODE and Heun, exact and learned
               score: NFE, seconds, mixture weights, MMD, sliced Wasserstein.
 weights       mixtures only: the share of samples at each mode for plain
@@ -99,7 +99,8 @@ class Lab:
     if loss not in self._trained:
       start = time.time()
       state = train_loop.train(self.objective_config(loss))
-      model = state.ema_model if self.config.train.ema_rate > 0 else state.model
+      # The EMA network, or the network itself without EMA (TrainState.score_model's choice).
+      model = state.score_model.network
       self._trained[loss] = (model, np.asarray(state.sigmas, np.float32), time.time() - start)
     return self._trained[loss]
 

@@ -16,7 +16,6 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from ncsn_tf import config as config_lib
@@ -24,8 +23,9 @@ from ncsn_tf import plots
 from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.models.score_model import ScoreModel
+from ncsn_tf.runtime import devices
 from ncsn_tf.sampling import configured
-from ncsn_tf.sampling import distributed
+from ncsn_tf.sampling import samplers
 from ncsn_tf.training import loop as train_loop
 
 #: (label, sampling-config overrides): the comparison of the SDE paper's samplers
@@ -58,16 +58,17 @@ def exact_network(dist: toy.ToyDistribution):
   return lambda x, sigma: dist.perturbed_score(x, sigma)
 
 
-def _timed_draw(config: config_lib.Config, model: ScoreModel, dim: int, seed) -> tuple:
+def _timed_draw(config: config_lib.Config, model: ScoreModel, dim: int, seed: int,
+                index: int) -> tuple:
   """(samples [N, dim], nfe, seconds) of the configured sampler, tracing excluded.
 
   The score is evaluated on the run's devices (sampling/distributed.py).
   """
-  model = distributed.shard(model, distributed.sampling_strategy(config))
-  sampler = configured.ConfiguredSampler(config, model, (dim,))
-  sampler.sample(WARMUP_SAMPLES, tf.constant(seed, tf.int32))  # Traces the chain.
+  sampler = configured.ConfiguredSampler(config, model, (dim,),
+                                         strategy=devices.strategy_for(config))
+  sampler.sample(WARMUP_SAMPLES, seed, index=index)  # Traces the chain.
   start = time.perf_counter()
-  samples, _, nfe = sampler.sample(config.sampling.num_samples, tf.constant(seed, tf.int32))
+  samples, _, nfe = sampler.sample(config.sampling.num_samples, seed, index=index)
   samples = samples.numpy()
   return samples, int(nfe), time.perf_counter() - start
 
@@ -99,9 +100,9 @@ def sde_samplers(config: config_lib.Config, fig_dir: str) -> dict:
   rows, learned_samples = [], {}
   for k, (label, overrides) in enumerate(SAMPLER_GRID):
     run_config = config.replace(sampling=overrides)
-    row = {'sampler': label, 'settings': configured.describe(run_config.sampling)}
+    row = {'sampler': label, 'settings': samplers.describe(run_config.sampling)}
     for score, model in models.items():
-      samples, nfe, seconds = _timed_draw(run_config, model, dist.dim, [config.seed, 50 + k])
+      samples, nfe, seconds = _timed_draw(run_config, model, dist.dim, config.seed, 50 + k)
       row[score] = {'nfe': nfe, 'seconds': round(seconds, 2),
                     **_quality(samples, true_samples, dist)}
       if score == 'learned':

@@ -180,3 +180,22 @@ class NoiseConditionalMLPClassifier(_Base):
     return {**super().get_config(), 'num_classes': self.num_classes, 'data_dim': self.data_dim,
             'hidden_units': self.hidden_units, 'num_layers': self.num_layers,
             'fourier_seed': self.fourier_seed}
+
+
+# --- from the Config ---------------------------------------------------------
+
+def build_from_config(config, data_shape: tuple, num_classes: int) -> keras.Model:
+  """A built noise-conditional classifier of --task=classifier: logits(x, σ) [N, num_classes].
+
+  Images get the convolutional one, of width --ngf; flat data the MLP, of
+  --ngf units and --num_layers layers.
+  """
+  m = config.model
+  if len(data_shape) == 1:
+    return NoiseConditionalMLPClassifier(
+        num_classes, data_dim=data_shape[0], hidden_units=m.ngf, num_layers=m.num_layers,
+        name='classifier_mlp').build_for()
+  height, _, channels = data_shape
+  return NoiseConditionalClassifier(
+      num_classes, image_size=height, channels=channels, ngf=m.ngf,
+      logit_transform=config.data.logit_transform, name='classifier').build_for()

@@ -21,6 +21,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from ncsn_tf import losses
+from ncsn_tf import noise
+from ncsn_tf.models import registry
+
 
 class ConditionalAffine(keras.layers.Layer):
   """Per-class feature-wise affine map: h * γ[i] + β[i].
@@ -264,3 +268,29 @@ class ContinuousScoreMLP(keras.Model):
             'hidden_units': self.hidden_units, 'num_layers': self.num_layers,
             'fourier_features': self.fourier_features, 'fourier_scale': self.fourier_scale,
             'fourier_seed': self.fourier_seed, 'label_classes': self.label_classes}
+
+
+# --- from the Config ---------------------------------------------------------
+
+def build_from_config(config, data_shape: tuple) -> keras.Model:
+  """--model=mlp: the continuous-σ MLP (--noise_embedding=fourier), an unconditional
+  s(x) for the single-σ objectives, or the noise-conditional MLP on the ladder."""
+  m = config.model
+  if m.noise_embedding == 'fourier':  # s(x, σ) for any σ > 0.
+    # --class_conditional: s(x, σ, y) with a label embedding (classifier-free guidance).
+    label_classes = registry.label_count(config) if m.class_conditional else 0
+    return ContinuousScoreMLP(data_dim=data_shape[0], hidden_units=m.ngf,
+                              num_layers=m.num_layers, label_classes=label_classes,
+                              name='score_mlp_continuous').build_for()
+  if config.train.loss in losses.SINGLE_SIGMA_LOSSES:  # One σ: an unconditional s(x).
+    return ScoreMLP(data_dim=data_shape[0], hidden_units=m.ngf, num_layers=m.num_layers,
+                    name='score_mlp_unconditional').build_for()
+  sigmas = noise.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
+  return NoiseConditionalMLP(data_dim=data_shape[0], sigmas=sigmas.tolist(), hidden_units=m.ngf,
+                             num_layers=m.num_layers, scale_by_sigma=m.scale_by_sigma,
+                             name='score_mlp').build_for()
+
+
+registry.register(registry.NetworkSpec(
+    name='mlp', build=build_from_config, data='flat', continuous=True,
+    doc='the toy MLP: noise-conditional on the ladder, or on σ through Fourier features'))

@@ -32,7 +32,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from ncsn_tf import noise
 from ncsn_tf.models import preconditioning
+from ncsn_tf.models import registry
 from ncsn_tf.models.normalization import ConditionalInstanceNormPlusPlus
 
 _PACKAGE = 'ncsn_tf'
@@ -606,3 +608,26 @@ class CondRefineNetDilated(keras.Model):
             'image_size': self.image_size, 'channels': self.channels,
             'logit_transform': self.logit_transform, 'output_sigmas': self.output_sigmas,
             'conditional_norm': self.conditional_norm, 'sigma_data': self.sigma_data}
+
+
+# --- from the Config ---------------------------------------------------------
+
+def build_from_config(config, data_shape: tuple) -> keras.Model:
+  """--model=refinenet: the paper's CondRefineNetDilated, one CIN++ row per ladder level."""
+  m = config.model
+  height, _, channels = data_shape
+  edm = m.preconditioning == 'edm'
+  sigmas = noise.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
+  model = CondRefineNetDilated(ngf=m.ngf, num_classes=m.num_scales, image_size=height,
+                               channels=channels, logit_transform=config.data.logit_transform,
+                               output_sigmas=sigmas.tolist() if m.scale_by_sigma or edm else None,
+                               conditional_norm=m.conditional_norm,
+                               sigma_data=m.sigma_data if edm else None,
+                               name='cond_refinenet_dilated')
+  model(np.zeros((1,) + tuple(data_shape), np.float32), np.zeros((1,), np.int32))
+  return model
+
+
+registry.register(registry.NetworkSpec(
+    name='refinenet', build=build_from_config, data='image', continuous=False,
+    doc="the paper's CondRefineNetDilated with conditional instance normalisation++"))

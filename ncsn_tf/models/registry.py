@@ -1,80 +1,96 @@
-"""Score networks: `build_model(config, data_shape)` picks one from the Config;
-`build_classifier(config, data_shape, num_classes)` the noise-conditional classifier."""
+"""The network registry: each score network registers how it is built from a Config.
+
+`build_model(config, data_shape)` builds --model's network;
+(models/classifier.py builds the noise-conditional classifier of classifier
+guidance). A network module (mlp.py, refinenet.py,
+unet.py) ends with `register(NetworkSpec(...))`; ncsn_tf/models/__init__.py
+imports them all, so any import from ncsn_tf.models sees every builtin.
+
+A spec says what data the network takes ('flat' 2-D toy points or 'image'
+[H, W, C]) and whether it takes σ itself (--noise_embedding=fourier, any
+σ > 0) besides the ladder's level index; `check_config` refuses a --model that
+cannot serve the run before any work.
+"""
+
+import dataclasses
+from typing import Callable
 
 import keras
 
+from ncsn_tf import catalog
 from ncsn_tf import config as config_lib
-from ncsn_tf import losses
-from ncsn_tf import noise
-from ncsn_tf.data import pipeline as data_lib
-from ncsn_tf.models import classifier
-from ncsn_tf.models.mlp import ContinuousScoreMLP
-from ncsn_tf.models.mlp import NoiseConditionalMLP
-from ncsn_tf.models.mlp import ScoreMLP
-from ncsn_tf.models.refinenet import CondRefineNetDilated
-from ncsn_tf.models.unet import ScoreUNet
+
+#: What a network takes: flat vectors (the 2-D toys) or images [H, W, C].
+DATA_KINDS = ('flat', 'image')
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+  """One score network.
+
+  name: the --model value.
+  build: fn(config, data_shape) -> a built keras.Model s(x, sigma_index), or
+    s(x, sigma) with sigma float32 [N] for --noise_embedding=fourier (and
+    `labels=` for --class_conditional); output shaped like x.
+  data: 'flat' or 'image' (DATA_KINDS).
+  continuous: whether it can take σ itself (--noise_embedding=fourier).
+  doc: one line for docs and errors.
+  """
+  name: str
+  build: Callable
+  data: str
+  continuous: bool
+  doc: str
+
+
+_NETWORKS: dict[str, NetworkSpec] = {}
+
+
+def register(spec: NetworkSpec) -> NetworkSpec:
+  if spec.name in _NETWORKS:
+    raise ValueError(f'a network named {spec.name!r} is already registered')
+  if spec.data not in DATA_KINDS:
+    raise ValueError(f'network {spec.name!r}: data must be one of {DATA_KINDS}, got {spec.data!r}')
+  _NETWORKS[spec.name] = spec
+  return spec
+
+
+def names() -> tuple:
+  return tuple(_NETWORKS)
+
+
+def get(name: str) -> NetworkSpec:
+  if name not in _NETWORKS:
+    raise ValueError(f'unknown model {name!r}; registered: {", ".join(_NETWORKS)}')
+  return _NETWORKS[name]
 
 
 def label_count(config: config_lib.Config) -> int:
-  """The dataset's number of classes (ncsn_tf.data.num_classes; 0 = unlabelled)."""
-  return int(data_lib.num_classes(config.data))
+  """The dataset's number of classes (ncsn_tf/catalog.py; 0 = unlabelled)."""
+  return catalog.get(config.data.dataset).num_classes
 
 
 def build_model(config: config_lib.Config, data_shape: tuple) -> keras.Model:
-  """A built noise-conditional score model -> same shape as x: s(x, sigma_index), or
-  s(x, sigma) with sigma float32 [N] for --noise_embedding=fourier."""
+  """The built score network of --model (see NetworkSpec.build)."""
+  return get(config.model.name).build(config, tuple(data_shape))
+
+
+def _names_for(kind: str, continuous: bool = False) -> list:
+  return [n for n, s in _NETWORKS.items() if s.data == kind and (s.continuous or not continuous)]
+
+
+def check_config(config: config_lib.Config) -> None:
+  """--model is a registered network that takes this run's data and noise; else ConfigError."""
   m = config.model
-  sigmas = noise.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
-  continuous = m.noise_embedding == 'fourier'
-  # --class_conditional: s(x, σ, y) with a label embedding (classifier-free guidance).
-  label_classes = label_count(config) if m.class_conditional else 0
-  if m.name == 'mlp' and continuous:  # s(x, σ) for any σ > 0.
-    return ContinuousScoreMLP(data_dim=data_shape[0], hidden_units=m.ngf,
-                              num_layers=m.num_layers, label_classes=label_classes,
-                              name='score_mlp_continuous').build_for()
-  if m.name == 'mlp':
-    if config.train.loss in losses.SINGLE_SIGMA_LOSSES:  # One σ: an unconditional s(x).
-      return ScoreMLP(data_dim=data_shape[0], hidden_units=m.ngf, num_layers=m.num_layers,
-                      name='score_mlp_unconditional').build_for()
-    model = NoiseConditionalMLP(data_dim=data_shape[0], sigmas=sigmas.tolist(),
-                                hidden_units=m.ngf, num_layers=m.num_layers,
-                                scale_by_sigma=m.scale_by_sigma, name='score_mlp')
-    return model.build_for()
-  if m.name == 'refinenet':
-    height, _, channels = data_shape
-    edm = m.preconditioning == 'edm'
-    model = CondRefineNetDilated(ngf=m.ngf, num_classes=m.num_scales, image_size=height,
-                                 channels=channels, logit_transform=config.data.logit_transform,
-                                 output_sigmas=sigmas.tolist() if m.scale_by_sigma or edm else None,
-                                 conditional_norm=m.conditional_norm,
-                                 sigma_data=m.sigma_data if edm else None,
-                                 name='cond_refinenet_dilated')
-    import numpy as np
-    model(np.zeros((1,) + tuple(data_shape), np.float32), np.zeros((1,), np.int32))
-    return model
-  if m.name == 'unet':
-    height, _, channels = data_shape
-    return ScoreUNet(ngf=m.ngf, sigmas=sigmas.tolist(), image_size=height, channels=channels,
-                     logit_transform=config.data.logit_transform,
-                     scale_by_sigma=m.scale_by_sigma, norm=m.unet_norm,
-                     sigma_data=m.sigma_data if m.preconditioning == 'edm' else None,
-                     continuous=continuous, label_classes=label_classes,
-                     name='score_unet').build_for()
-  raise ValueError(f'unknown model {m.name!r}')
-
-
-def build_classifier(config: config_lib.Config, data_shape: tuple, num_classes: int) -> keras.Model:
-  """A built noise-conditional classifier (models/classifier.py): logits(x, σ) [N, num_classes].
-
-  Images get the convolutional one, of width --ngf; flat data the MLP, of
-  --ngf units and --num_layers layers.
-  """
-  m = config.model
-  if len(data_shape) == 1:
-    return classifier.NoiseConditionalMLPClassifier(
-        num_classes, data_dim=data_shape[0], hidden_units=m.ngf, num_layers=m.num_layers,
-        name='classifier_mlp').build_for()
-  height, _, channels = data_shape
-  return classifier.NoiseConditionalClassifier(
-      num_classes, image_size=height, channels=channels, ngf=m.ngf,
-      logit_transform=config.data.logit_transform, name='classifier').build_for()
+  if m.name not in _NETWORKS:
+    raise config_lib.ConfigError(f'--model: must be one of {", ".join(_NETWORKS)}, got {m.name!r}')
+  spec = _NETWORKS[m.name]
+  kind = 'flat' if config.data.is_toy else 'image'
+  if spec.data != kind:
+    raise config_lib.ConfigError(
+        f'--model: {"toy" if kind == "flat" else "image"} datasets use '
+        f'--model={" or ".join(_names_for(kind))}, got {m.name!r}')
+  if m.noise_embedding == 'fourier' and not spec.continuous:
+    raise config_lib.ConfigError(
+        f'--noise_embedding: fourier applies to --model='
+        f'{" or ".join(n for n, s in _NETWORKS.items() if s.continuous)}, got {m.name!r}')

@@ -15,10 +15,10 @@ Two kinds of network sit behind the same three questions:
   network is asked at σ = sigmas[i]);
 * `score_sigma(x, sigma)`: the score at σ (a ladder network goes through an
   adapter that maps σ to its level: exact on the ladder, within a relative
-  `LADDER_RTOL` in σ, and an error naming the σ anywhere else; k-diffusion's
+  `noise.LADDER_RTOL` in σ, and an error naming the σ anywhere else; k-diffusion's
   DiscreteSchedule without its interpolation);
 * `score_t(x, t, sde)`: the score of the SDE's marginal p_t. Every SDE in
-  ncsn_tf/noise.py perturbs as x_t = α(t) x0 + std(t) z, i.e.
+  ncsn_tf/noise/sde.py perturbs as x_t = α(t) x0 + std(t) z, i.e.
   x_t/α = x0 + (std/α) z: x_t/α is the data plus N(0, σ(t)²) noise with
   σ(t) = sde.sigma_of_t(t). So p_t(x) = α^{-D} p_σ(x/α) and
       ∇_x log p_t(x_t) = score_σ(x_t/α, σ(t)) / α,
@@ -47,14 +47,8 @@ in __init__ and stored on the instance: `model.score_sigma is model.score_sigma`
 import numpy as np
 import tensorflow as tf
 
+from ncsn_tf import noise
 from ncsn_tf.noise import expand_to
-from ncsn_tf.noise import nearest_level_index
-
-#: Relative tolerance in σ of the ladder adapter: a σ within it of a level is
-#: that level. Float32 σ computed through an SDE's σ(t) at a level's time lands
-#: within ~1e-6 of it; neighbouring levels of a 1,000-level ladder from 50 to
-#: 0.01 are 0.9% apart, so nothing off the ladder is mistaken for a level.
-LADDER_RTOL = 1e-4
 
 _METHODS = ('score_index', 'score_sigma', 'score_t')
 
@@ -113,12 +107,12 @@ class ScoreModel:
     """
     return ScoreModel(self.network, self.sigmas, self._continuous, labels=labels)
 
-  def _call(self, x, noise):
+  def _call(self, x, level):
     """The network at x and a level index or σ, with this model's labels if any."""
     if self.labels is None:
-      return tf.cast(self.network(x, noise), tf.float32)
+      return tf.cast(self.network(x, level), tf.float32)
     labels = tf.cast(tf.convert_to_tensor(self.labels), tf.int32)
-    return tf.cast(self.network(x, noise, labels=labels), tf.float32)
+    return tf.cast(self.network(x, level, labels=labels), tf.float32)
 
   @property
   def num_scales(self) -> int:
@@ -126,30 +120,9 @@ class ScoreModel:
     return int(self.sigmas.size)
 
   def sigma_to_index(self, sigma):
-    """The ladder level int32 [N] of each σ float32 [N]; an error for a σ off the ladder.
-
-    On the ladder means within a relative LADDER_RTOL of a level (compared in
-    log σ, where the relative distance is |Δ log σ| to first order). Off it,
-    a tf.debugging assertion fails (InvalidArgumentError, eagerly or in a
-    graph) with one line naming the offending σ values and the ladder.
-    """
-    sigma = tf.cast(sigma, tf.float32)
-    index, gap = nearest_level_index(sigma, self.sigmas)
-    off = gap > LADDER_RTOL
-    message = (f'a ladder network answers only on its ladder ({self.sigmas[0]:g} .. '
-               f'{self.sigmas[-1]:g}, L={self.num_scales}, relative tolerance {LADDER_RTOL:g}); '
-               f'sigma off the ladder:')
-    if tf.executing_eagerly():
-      # Eagerly the values are at hand: put them in the one line (Assert's
-      # eager message puts its data on a second line).
-      if bool(tf.reduce_any(off)):
-        values = ', '.join(f'{v:g}' for v in tf.boolean_mask(sigma, off).numpy()[:5])
-        raise tf.errors.InvalidArgumentError(None, None, f'{message} {values}')
-      return index
-    check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(off)),
-                                [message, tf.boolean_mask(sigma, off)], summarize=5)
-    with tf.control_dependencies([check]):
-      return tf.identity(index)
+    """The ladder level int32 [N] of each σ float32 [N]; an error for a σ off the ladder
+    (noise.level_index: within a relative LADDER_RTOL of a level)."""
+    return noise.level_index(sigma, self.sigmas)
 
   def score_index(self, x, sigma_index):
     """The score at ladder level i: x float32 [N, ...], sigma_index int32 [N] in [0, L)."""

@@ -62,7 +62,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from ncsn_tf import noise
 from ncsn_tf.models import preconditioning
+from ncsn_tf.models import registry
 from ncsn_tf.models.mlp import label_or_null
 
 _PACKAGE = 'ncsn_tf'
@@ -321,9 +323,9 @@ class ScoreUNet(keras.Model):
     """Creates all variables by running the network once on zeros; returns self."""
     if not self.built:
       shape = (batch_size, self.image_size, self.image_size, self.channels)
-      noise = (np.full((batch_size,), self.sigmas[-1], np.float32) if self.continuous
+      level = (np.full((batch_size,), self.sigmas[-1], np.float32) if self.continuous
                else np.zeros((batch_size,), np.int32))
-      self(np.zeros(shape, np.float32), noise)
+      self(np.zeros(shape, np.float32), level)
     return self
 
   def get_config(self):
@@ -333,3 +335,26 @@ class ScoreUNet(keras.Model):
             'logit_transform': self.logit_transform, 'scale_by_sigma': self.scale_by_sigma,
             'norm': self.norm, 'sigma_data': self.sigma_data, 'continuous': self.continuous,
             'label_classes': self.label_classes}
+
+
+# --- from the Config ---------------------------------------------------------
+
+def build_from_config(config, data_shape: tuple) -> keras.Model:
+  """--model=unet: the small U-Net, on the ladder or on σ (--noise_embedding=fourier)."""
+  m = config.model
+  height, _, channels = data_shape
+  continuous = m.noise_embedding == 'fourier'
+  # --class_conditional: s(x, σ, y) with a label embedding (classifier-free guidance).
+  label_classes = registry.label_count(config) if m.class_conditional else 0
+  sigmas = noise.geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_scales)
+  return ScoreUNet(ngf=m.ngf, sigmas=sigmas.tolist(), image_size=height, channels=channels,
+                   logit_transform=config.data.logit_transform,
+                   scale_by_sigma=m.scale_by_sigma, norm=m.unet_norm,
+                   sigma_data=m.sigma_data if m.preconditioning == 'edm' else None,
+                   continuous=continuous, label_classes=label_classes,
+                   name='score_unet').build_for()
+
+
+registry.register(registry.NetworkSpec(
+    name='unet', build=build_from_config, data='image', continuous=True,
+    doc='a small U-Net (NCSNv2 techniques), on the ladder or on σ itself'))

@@ -1,4 +1,12 @@
-"""TODO docstring (from ncsn_tf.noise)."""
+"""NCSN's noise ladder σ_1 > σ_2 > ... > σ_L (Song & Ermon 2019, section 4.1), and σ -> level.
+
+The paper chooses {σ_i} as a geometric sequence: σ_1 large enough to cover the
+data's spread, σ_L small enough that p_{σ_L} ≈ p_data, and a constant ratio
+σ_{i-1}/σ_i > 1. Index 0 is the largest σ, the convention of the official code
+and of every model and sampler in this package. `level_index` is the one
+σ -> level lookup; `Ladder` is the ladder seen as the VE SDE at its levels'
+times, so a ladder network serves the SDE samplers on the ladder.
+"""
 
 import numpy as np
 import tensorflow as tf
@@ -95,6 +103,39 @@ def nearest_level_index(sigma, sigmas):
   return tf.argmin(distance, axis=1, output_type=tf.int32), tf.reduce_min(distance, axis=1)
 
 
+#: How near a level a σ must be to be on the ladder: relative, in σ (compared in
+#: log σ, where the relative distance is |Δ log σ| to first order). float32 round
+#: trips through a time (σ -> t -> σ) stay near 1e-6; neighbouring levels of even
+#: a fine ladder (L = 1000 over 4 decades) are 1e-2 apart.
+LADDER_RTOL = 1e-4
+
+
+def level_index(sigma, sigmas):
+  """The ladder level int32 [N] of each σ float32 [N]; an error for a σ off the ladder.
+
+  The one σ -> level lookup of the package (ScoreModel, Ladder). Off the
+  ladder (further than LADDER_RTOL from every level), tf.errors.InvalidArgumentError
+  with one line naming the offending σ values and the ladder, eagerly and in a graph.
+  """
+  sigma = tf.cast(sigma, tf.float32)
+  sigmas = np.asarray(sigmas, np.float32)
+  index, gap = nearest_level_index(sigma, sigmas)
+  off = gap > LADDER_RTOL
+  message = (f'sigma off the ladder ({sigmas[0]:g} .. {sigmas[-1]:g}, L={sigmas.size}, '
+             f'relative tolerance {LADDER_RTOL:g}); a ladder network answers only on it:')
+  if tf.executing_eagerly():
+    # Eagerly the values are at hand: put them in the one line (Assert's
+    # eager message puts its data on a second line).
+    if bool(tf.reduce_any(off)):
+      values = ', '.join(f'{v:g}' for v in tf.boolean_mask(sigma, off).numpy()[:5])
+      raise tf.errors.InvalidArgumentError(None, None, f'{message} {values}')
+    return index
+  check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(off)),
+                              [message, tf.boolean_mask(sigma, off)], summarize=5)
+  with tf.control_dependencies([check]):
+    return tf.identity(index)
+
+
 
 
 class Ladder:
@@ -114,9 +155,6 @@ class Ladder:
     self.sigmas = geometric_sigmas(sigma_begin, sigma_end, num_scales)
     self.T = float(T)
     self.times = (self.T * (1.0 - np.arange(num_scales) / (num_scales - 1))).astype(np.float32)
-    # Levels are log(γ) apart; a σ within a quarter of that (and 1e-3) of one is on it.
-    self._log_tolerance = min(1e-3, 0.25 * np.log(ladder_ratio(sigma_begin, sigma_end,
-                                                                          num_scales)))
 
   @property
   def num_scales(self) -> int:
@@ -127,18 +165,9 @@ class Ladder:
     return sde_lib.VESDE(float(self.sigmas[-1]), float(self.sigmas[0]), self.T, **kwargs)
 
   def sigma_to_index(self, sigma):
-    """Level index int32 [N] of each σ [N]; raises if a σ is off the ladder.
-
-    Off the ladder (more than the tolerance from every level, in log σ) is a
-    ValueError when run eagerly and an InvalidArgumentError inside a graph.
-    """
-    index, gap = nearest_level_index(sigma, self.sigmas)
-    message = f'sigma is not on the ladder ({self.sigmas[0]:g} .. {self.sigmas[-1]:g}, L={self.num_scales})'
-    if tf.executing_eagerly():
-      _check(bool(tf.reduce_all(gap <= self._log_tolerance)), message)
-      return index
-    with tf.control_dependencies([tf.debugging.assert_less_equal(gap, self._log_tolerance, message)]):
-      return tf.identity(index)
+    """Level index int32 [N] of each σ [N]; InvalidArgumentError if a σ is off the
+    ladder (`level_index`)."""
+    return level_index(sigma, self.sigmas)
 
   def time_score_fn(self, index_score_fn, sde: 'sde_lib.SDE | None' = None):
     """A level-indexed network seen as score_fn(x, t): t -> σ(t) -> its level.

@@ -1,4 +1,25 @@
-"""TODO docstring (from ncsn_tf.noise)."""
+"""Noise processes: the score SDEs (Song et al. 2021, appendix B), and their registry.
+
+One small class per process. An SDE dx = f(x, t) dt + g(t) dw on t ∈ [0, T]
+perturbs data x_0 into x_t with the Gaussian kernel
+
+    x_t | x_0 ~ N(α(t) x_0, std(t)² I)        (`marginal`),
+
+and ends near a tractable prior (`prior_sample`, `prior_log_prob`). Sampling
+runs it backwards with the score s = ∇ log p_t (`reverse_drift`).
+
+Every process also has an equivalent noise level σ(t) = std(t)/α(t)
+(`sigma_of_t`, inverse `t_of_sigma`): x_t/α(t) is the data plus N(0, σ(t)² I)
+noise, so one σ-parameterised score model s(y, σ) serves all three SDEs
+through ∇_x log p_t(x) = s(x/α, σ(t))/α, and Heun's σ schedule maps to times.
+
+Shapes: x is float32 [N, ...]; t is float32 [N] in [0, T], one time per example,
+broadcast over the data axes; per-example coefficients (diffusion, std, α, σ)
+are float32 [N]. No absl, no state: the classes hold only their constants.
+
+`build_sde(model_config)` is where --sde becomes an SDE; `register_sde(name,
+build)` adds one (an --extensions module can: docs/extending.md).
+"""
 
 import functools
 
@@ -253,14 +274,47 @@ class SubVPSDE(LinearBetaSDE):
     return drift * dt, diffusion * tf.sqrt(tf.cast(dt, tf.float32))
 
 
+
+# --- the registry: --sde names -> how each is built from the model config ----
+
+#: name -> fn(ModelConfig) -> SDE. --sde=none (NCSN's discrete ladder) is not an SDE.
+_SDES = {}
+
+
+def register_sde(name: str, build) -> None:
+  """Makes `--sde=name` build `build(model_config)` (a new name: ValueError otherwise)."""
+  if name == 'none' or name in _SDES:
+    raise ValueError(f'an SDE named {name!r} is already registered')
+  _SDES[name] = build
+
+
+def sde_names() -> tuple:
+  """Every --sde value: 'none' (the discrete ladder) and the registered SDEs."""
+  return ('none',) + tuple(_SDES)
+
+
+register_sde('ve', lambda m: VESDE(sigma_min=m.sigma_end, sigma_max=m.sigma_begin,
+                               prior_mean=m.prior_mean))
+register_sde('vp', lambda m: VPSDE(beta_min=m.beta_min, beta_max=m.beta_max))
+register_sde('subvp', lambda m: SubVPSDE(beta_min=m.beta_min, beta_max=m.beta_max))
+
+
 @functools.lru_cache(maxsize=None)
 def build_sde(model: config_lib.ModelConfig) -> SDE | None:
-  """The model config's noise process; None for the discrete ladder (--sde=none)."""
-  if model.sde == 've':
-    return VESDE(sigma_min=model.sigma_end, sigma_max=model.sigma_begin,
-                       prior_mean=model.prior_mean)
-  if model.sde == 'vp':
-    return VPSDE(beta_min=model.beta_min, beta_max=model.beta_max)
-  if model.sde == 'subvp':
-    return SubVPSDE(beta_min=model.beta_min, beta_max=model.beta_max)
-  return None
+  """The model config's noise process; None for the discrete ladder (--sde=none).
+
+  Cached on the (frozen, hashable) model config: the same SDE object for the
+  same settings, so the samplers' traces are reused.
+  """
+  if model.sde == 'none':
+    return None
+  if model.sde not in _SDES:
+    raise ValueError(f'unknown SDE {model.sde!r}; registered: {", ".join(sde_names())}')
+  return _SDES[model.sde](model)
+
+
+def check_sde_config(config: config_lib.Config) -> None:
+  """--sde names a registered SDE (or none); ConfigError otherwise."""
+  if config.model.sde not in sde_names():
+    raise config_lib.ConfigError(f'--sde: must be one of {", ".join(sde_names())}, '
+                                 f'got {config.model.sde!r}')

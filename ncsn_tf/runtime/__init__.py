@@ -1,1 +1,2 @@
-"""TODO package docstring."""
+"""What a run stands on: devices and strategy, the training state and its checkpoints,
+atomic file writes, mixed precision and the progress line."""

@@ -1,4 +1,13 @@
-"""TODO docstring (from ncsn_tf.train_lib)."""
+"""The training state and its checkpoints: create, resume-check, restore for inference.
+
+`TrainState` holds what a checkpoint holds (model, EMA model, optimizer, step,
+the seconds trained) and makes the EMA-or-not choice once
+(`TrainState.score_model`). `create_state` builds it inside the strategy's
+scope; `restore_for_inference` loads a workdir's latest checkpoint for sampling,
+evaluation, export and the Python API; `check_resume_config` refuses a workdir
+that holds a different model's checkpoints. <workdir>/checkpoints holds one
+`tf.train.Checkpoint` per snapshot under a CheckpointManager.
+"""
 
 import dataclasses
 import functools
@@ -13,8 +22,10 @@ from absl import logging
 from ncsn_tf import config as config_lib
 from ncsn_tf import noise
 from ncsn_tf.data import pipeline as data_lib
+from ncsn_tf.models import classifier
 from ncsn_tf.models import registry as networks
 from ncsn_tf.models.score_model import ScoreModel
+from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime import devices
 from ncsn_tf.runtime import precision
 from ncsn_tf.training import lr_schedule
@@ -67,7 +78,7 @@ def ladder(config: config_lib.Config) -> np.ndarray:
 def build_network(config: config_lib.Config, shape: tuple) -> keras.Model:
   """What --task trains: the score network, or the noise-conditional classifier."""
   if config.train.task == 'classifier':
-    return networks.build_classifier(config, shape, networks.label_count(config))
+    return classifier.build_from_config(config, shape, networks.label_count(config))
   return networks.build_model(config, shape)
 
 
@@ -146,12 +157,8 @@ def check_resume_config(config: config_lib.Config):
 
 
 def write_config_json(config: config_lib.Config):
-  os.makedirs(config.workdir, exist_ok=True)
-  path = os.path.join(config.workdir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json())
-  os.replace(tmp, path)
+  """<workdir>/config.json: the run's resolved configuration (resume checks read it)."""
+  artifacts.write_text(os.path.join(config.workdir, 'config.json'), config.to_json())
 
 
 def checkpoint_steps(config: config_lib.Config) -> dict:

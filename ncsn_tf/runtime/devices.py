@@ -1,4 +1,13 @@
-"""TODO docstring (from ncsn_tf.train_lib)."""
+"""Devices and the tf.distribute strategy: one place for every part of the run that needs them.
+
+* `strategy_for(config)`: the run's strategy from --strategy and
+  --num_cpu_replicas: MirroredStrategy over all visible GPUs (or N logical CPU
+  devices), MultiWorkerMirroredStrategy over TF_CONFIG's cluster, else the
+  default strategy. Training, sampling and evaluation all ask for it, and get
+  the same object in one process (strategies are cached).
+* `local_replicas`, `is_chief`: what a process feeds and whether it writes.
+* `log_devices`: the one "devices: ...; strategy: ...; precision: ..." line.
+"""
 
 import tensorflow as tf
 from absl import logging
@@ -68,12 +77,26 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
           and 'chief' not in resolver.cluster_spec().as_dict())
 
 
-def _local_replicas(strategy: tf.distribute.Strategy) -> int:
-  """Replicas fed by this process's one input pipeline (batches it yields per step)."""
+def local_replicas(strategy) -> int:
+  """Replicas of `strategy` on this machine: what this process's one input pipeline
+  feeds per step, and what one score evaluation is split over (1 for None or the
+  default strategy)."""
+  if strategy is None:
+    return 1
   try:
     return len(strategy.extended.worker_devices)
-  except (RuntimeError, AttributeError, NotImplementedError):
+  except (RuntimeError, AttributeError, NotImplementedError):  # The default strategy.
     return 1
+
+
+def strategy_for(config) -> tf.distribute.Strategy:
+  """The run's strategy (--strategy, --num_cpu_replicas), for training and sampling alike.
+
+  The same object in every call of this process (strategies are cached), so a
+  state built by training or restored for inference in it has its weights
+  mirrored on exactly the devices sampling splits the score over.
+  """
+  return make_strategy(config.train.num_cpu_replicas, config.train.strategy)
 
 
 def device_summary(strategy: tf.distribute.Strategy, policy: str, requested: str = '') -> str:

@@ -12,7 +12,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from ncsn_tf import config as config_lib
+from ncsn_tf.models import registry as networks
 
 
 def _has_gpu() -> bool:
@@ -37,7 +37,9 @@ def resolve(precision: str, model_name: str) -> str:
   """
   if precision != 'auto':
     return precision
-  if model_name not in config_lib.IMAGE_MODELS:
+  # Only the image score networks gain from reduced precision; a classifier's
+  # gradient steers guidance, and the toy MLP is too small to gain.
+  if model_name not in networks.names() or networks.get(model_name).data != 'image':
     return 'float32'
   return 'mixed_float16' if _has_gpu() else 'mixed_bfloat16'
 
@@ -56,7 +58,7 @@ def policy_scope(policy: str):
 def make_optimizer(policy: str, learning_rate, beta_1: float) -> keras.optimizers.Optimizer:
   """Adam; wrapped in a dynamic LossScaleOptimizer under float16 (bfloat16 needs none).
 
-  `learning_rate` is a float or a keras LearningRateSchedule (ncsn_tf/lr_schedule.py).
+  `learning_rate` is a float or a keras LearningRateSchedule (ncsn_tf/training/lr_schedule.py).
   """
   optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1)
   if policy == 'mixed_float16':

@@ -1,17 +1,37 @@
-"""TODO docstring (from ncsn_tf.sampling.configured)."""
+"""The configured sampler: where a Config becomes a noise process, a sampler and its seeds.
 
+Every caller that draws samples (--mode=sample and the snapshots during
+training through sampling/draw.py, evaluation, likelihoods of samples, the
+export's signatures, the Python API) goes through `ConfiguredSampler`, so a
+sampler added to the registry (ncsn_tf/sampling/samplers/) reaches all of
+them through one setting, `--sampler`, and every caller seeds it from one
+table, `STREAMS`.
+
+- `--sampler=ald`: the paper's annealed Langevin dynamics on the ladder
+  (sampling/langevin.py), from uniform noise (`uniform_initial_state`), with
+  the network asked at its level index.
+- the SDE samplers (pc, ode, heun, ...): over the score of p_t,
+  `ScoreModel.score_t(x, t, sde)`, from the SDE's prior.
+
+Trace reuse: the samplers are `tf.function`s keyed on their Python arguments,
+so the SDE object and the score callable must stay the same objects from call
+to call (a snapshot every few thousand steps would otherwise retrace the whole
+chain). `noise.build_sde` is cached on the (frozen, hashable) model config,
+`time_score_fn` and `as_score_model` on the score model.
+"""
+
+import dataclasses
 import functools
 import weakref
 
-import numpy as np
 import tensorflow as tf
 
 from ncsn_tf import config as config_lib
 from ncsn_tf import noise
 from ncsn_tf.data import toy
 from ncsn_tf.models.score_model import ScoreModel
-from ncsn_tf.sampling import langevin
-from ncsn_tf.sampling import registry
+from ncsn_tf.sampling import distributed
+from ncsn_tf.sampling import samplers
 
 
 def uniform_initial_state(shape, num: tf.Tensor, seed: tf.Tensor,
@@ -36,57 +56,83 @@ def time_score_fn(score_model, sde):
   return per_model[id(sde)]
 
 
-def sampler_settings(sampling: config_lib.SamplingConfig) -> dict:
-  """The registry settings of --sampler from the sampling config."""
-  s = sampling
-  if s.sampler == 'pc':
-    return dict(predictor=s.predictor, corrector=s.corrector, num_steps=s.sampling_steps,
-                corrector_steps=s.corrector_steps, snr=s.snr, sampling_eps=s.sampling_eps,
-                denoise=s.denoise)
-  if s.sampler == 'ode':
-    return dict(rtol=s.ode_rtol, atol=s.ode_atol, sampling_eps=s.sampling_eps, denoise=s.denoise)
-  if s.sampler == 'heun':
-    return dict(num_steps=s.sampling_steps, sampling_eps=s.sampling_eps)
-  return dict(n_steps_each=s.n_steps_each, step_lr=s.step_lr, denoise=s.denoise)
+@dataclasses.dataclass(frozen=True)
+class SeedStream:
+  """How a request's seed s and index k become a chain's two stateless seeds.
+
+  The starting points are drawn from [s + start[0], k + start[1]] and the
+  chain's noise from [s + chain[0], k + chain[1]] (int32 [2] each).
+  """
+  start: tuple
+  chain: tuple
+
+  def seeds(self, seed, index=0):
+    """(start seed, chain seed), int32 [2] tensors, of seed s (int or int32 scalar) and index k."""
+    base = tf.stack([tf.cast(seed, tf.int32), tf.cast(index, tf.int32)])
+    return base + tf.constant(self.start, tf.int32), base + tf.constant(self.chain, tf.int32)
 
 
-def describe(sampling: config_lib.SamplingConfig) -> str:
-  """'ode(rtol=1e-05, atol=1e-05, ...)': the sampler's name and settings, for logs and exports."""
-  settings = ', '.join(f'{k}={v}' for k, v in sampler_settings(sampling).items())
-  return f'{sampling.sampler}({settings})'
+#: Every way the package seeds a sampler, in one table: the same (seed, index)
+#: on the same stream gives the same samples, and different uses of one seed
+#: do not share noise. (The offsets are those the package has always used, so
+#: samples, served answers and the tests' saved outputs stay the same.)
+STREAMS = {
+    # --mode=sample, the snapshots and guided sampling: batch k (sampling/draw.py);
+    # the toy figures draw as batch 19, inpainting and colourisation as batch 7.
+    'samples': SeedStream(start=(0, 0), chain=(0, 1000)),
+    # The export's `sample` and `sample_class` (index 0).
+    'served': SeedStream(start=(0, 0), chain=(0, 1)),
+    # The export's `inpaint` and `colorize` (index 0).
+    'served_condition': SeedStream(start=(0, 2), chain=(0, 3)),
+    # IS/FID/KID samples of --mode=eval: batch k (evaluation/images.py).
+    'eval': SeedStream(start=(2_000_003, 0), chain=(3_000_017, 0)),
+    # --likelihood_source=samples: batch k (evaluation/likelihood.py).
+    'likelihood': SeedStream(start=(71, 0), chain=(71, 1000)),
+}
+#: Batch indices of the 'samples' stream used by single-batch draws.
+TOY_FIGURE_BATCH = 19
+CONDITIONED_BATCH = 7
 
 
 class ConfiguredSampler:
-  """The run's sampler over one score model.
+  """The run's sampler (--sampler and its settings) over one score model.
 
   Args:
     config: the run's Config (model, data and sampling groups are read).
-    score_model: a models.score_model.ScoreModel (the EMA network, usually).
+    score_model: a models.score_model.ScoreModel (the EMA network, usually),
+      a model that answers like one (guidance), or a ladder network
+      s(x, sigma_index), wrapped with `sigmas`.
     data_shape: the data's shape without the batch axis.
+    strategy: None, or a tf.distribute strategy whose local replicas share
+      every score evaluation (sampling/distributed.py).
+    sigmas: the ladder of a bare ladder network (else the model's own).
 
-  `sample(num, seed)` -> (samples float32 [num, *shape], trajectory float32
-  [K, num, *shape] or None, nfe int): seed an int32 [2] stateless seed, of
-  which [seed[0], seed[1]] seeds the starting points and [seed[0], seed[1] +
-  1000] the chain (annealed Langevin: the package's seeds before this module).
-  Only annealed Langevin records a trajectory (num_snapshots states).
+  `sample(num, seed, index=0, stream='samples')` -> (samples float32 [num,
+  *shape], trajectory float32 [K, num, *shape] or None, nfe int32): the seeds
+  come from STREAMS. Only samplers with their own `run_model` (annealed
+  Langevin) record a trajectory (num_snapshots states).
   """
 
-  def __init__(self, config: config_lib.Config, score_model, data_shape):
+  def __init__(self, config: config_lib.Config, score_model, data_shape, strategy=None,
+               sigmas=None):
     self.config = config
-    self.score_model = score_model
+    model = as_score_model(score_model, getattr(score_model, 'sigmas', None) if sigmas is None
+                           else sigmas)
+    self.score_model = distributed.shard(model, strategy)
     self.shape = tuple(int(d) for d in data_shape)
     self.name = config.sampling.sampler
+    self.spec = samplers.get_sampler(self.name)
     self.sde = noise.build_sde(config.model)
-    self.settings = sampler_settings(config.sampling)
-    if self.name != 'ald':
-      if self.sde is None or not score_model.is_continuous:
-        raise ValueError(f'--sampler={self.name} needs a continuous-σ model with --sde')
-      self._sample = registry.make_sampler(self.name, self.sde, **self.settings)
-    self.sigmas = tf.constant(np.asarray(score_model.sigmas, np.float32))
+    self.settings = samplers.settings_from(config.sampling)
+    if self.spec.needs_sde and (self.sde is None or not model.is_continuous):
+      raise ValueError(f'--sampler={self.name} needs a continuous-σ model with --sde')
+    if self.spec.run_model is None:
+      self._sample = samplers.make_sampler(self.name, self.sde, **self.settings)
 
   def initial_state(self, num, seed) -> tf.Tensor:
-    """Starting points [num, *shape]: uniform for annealed Langevin, else the SDE's prior."""
-    if self.name == 'ald':
+    """Starting points [num, *shape] from stateless `seed` int32 [2]: the SDE's prior, or
+    annealed Langevin's uniform noise."""
+    if self.spec.start == 'uniform':
       return uniform_initial_state(self.shape, num, seed, self.config.data)
     return self.sde.prior_sample(tf.concat([[num], tf.constant(self.shape, tf.int32)], 0), seed)
 
@@ -96,24 +142,19 @@ class ConfiguredSampler:
     condition: None, or a sampling.conditions.Condition (inpainting,
     colourisation) of x_init's shape, which every sampler accepts.
     """
-    s = self.config.sampling
-    if self.name == 'ald':
-      out = langevin.annealed_langevin_dynamics(
-          self.score_model.score_index, x_init, self.sigmas, condition, n_steps_each=s.n_steps_each,
-          step_lr=s.step_lr, seed=chain_seed, num_snapshots=num_snapshots, denoise=s.denoise)
-      samples, trajectory = out if num_snapshots else (out, None)
-      nfe = self.score_model.num_scales * s.n_steps_each + int(s.denoise)
-      return samples, trajectory, tf.constant(nfe, tf.int32)
+    if self.spec.run_model is not None:
+      return self.spec.run_model(self.score_model, self.sde, x_init, chain_seed, condition,
+                                 num_snapshots, **self.settings)
     samples, nfe = self._sample(time_score_fn(self.score_model, self.sde), x_init, chain_seed,
                                 condition=condition)
     return samples, None, nfe
 
-  def sample(self, num: int, seed, num_snapshots: int = 0, condition=None):
-    seed = tf.cast(seed, tf.int32)
-    x_init = self.initial_state(num, seed)
-    samples, trajectory, nfe = self.run(x_init, seed + tf.constant([0, 1000]), num_snapshots,
-                                        condition=condition)
-    return samples, trajectory, nfe
+  def sample(self, num, seed, index=0, *, stream: str = 'samples', num_snapshots: int = 0,
+             condition=None):
+    """`num` samples from seed (int or int32 scalar) and index k on `stream` (STREAMS)."""
+    start_seed, chain_seed = STREAMS[stream].seeds(seed, index)
+    x_init = self.initial_state(num, start_seed)
+    return self.run(x_init, chain_seed, num_snapshots, condition=condition)
 
 
 _WRAPPED = weakref.WeakKeyDictionary()

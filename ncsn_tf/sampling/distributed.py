@@ -2,8 +2,8 @@
 
 `--mode=sample`, `--mode=eval`, the toy evaluation, the sde_samplers lab and
 the snapshots during training draw with the run's tf.distribute strategy
-(`sampling_strategy`: --strategy and --num_cpu_replicas, as training builds
-it). Two levels:
+(`runtime.devices.strategy_for`: --strategy and --num_cpu_replicas, as
+training builds it). Two levels:
 
 * Within a machine (MirroredStrategy over the GPUs, or over
   --num_cpu_replicas logical CPUs): the chain itself (x, its noise, the
@@ -68,33 +68,13 @@ from ncsn_tf.runtime import devices
 _METHODS = ('score_index', 'score_sigma', 'score_t')
 
 
-def sampling_strategy(config) -> tf.distribute.Strategy:
-  """The run's strategy, as training builds it (--strategy, --num_cpu_replicas).
-
-  The same object training used in this process (train_lib caches strategies),
-  so a state built by `train` or `restore_for_inference(config, strategy)` has
-  its weights mirrored on exactly the devices the score is split over.
-  """
-  return devices.make_strategy(config.train.num_cpu_replicas, config.train.strategy)
-
-
-def local_replicas(strategy) -> int:
-  """Replicas of `strategy` on this machine (1 for None or the default strategy)."""
-  if strategy is None:
-    return 1
-  try:
-    return len(strategy.extended.worker_devices)
-  except (RuntimeError, AttributeError, NotImplementedError):  # The default strategy.
-    return 1
-
-
 def worker_layout(strategy) -> tuple[int, int]:
   """(this worker's index, number of workers): (0, 1) unless multi-worker.
 
   Replica ids of MultiWorkerMirroredStrategy run worker by worker (the chief
   first), L per worker, so this worker's first replica id over L is its index.
   """
-  local = local_replicas(strategy)
+  local = devices.local_replicas(strategy)
   if strategy is None or strategy.num_replicas_in_sync <= local:
     return 0, 1
   ids = strategy.experimental_local_results(
@@ -126,7 +106,7 @@ class ShardedScoreModel:
   def __init__(self, score_model, strategy):
     self.score_model = score_model
     self.strategy = strategy
-    self.replicas = local_replicas(strategy)
+    self.replicas = devices.local_replicas(strategy)
     if self.replicas < 2:
       raise ValueError(f'a ShardedScoreModel needs a strategy with >= 2 local replicas, '
                        f'got {self.replicas}')
@@ -192,7 +172,7 @@ def shard(score_model, strategy):
   ShardedScoreModel object for the same (model, strategy), so the samplers'
   traces are reused from call to call.
   """
-  if (strategy is None or local_replicas(strategy) < 2 or isinstance(score_model, ShardedScoreModel)
+  if (strategy is None or devices.local_replicas(strategy) < 2 or isinstance(score_model, ShardedScoreModel)
       or getattr(score_model, 'labels', None) is not None):
     return score_model
   per_model = _SHARDED.setdefault(score_model, {})
@@ -226,8 +206,8 @@ def batches_in_order(strategy, sizes: Sequence[int], draw: Callable[[int], dict]
     for k in range(num):
       yield k, draw(k)
     return
-  local = local_replicas(strategy)
-  devices = strategy.extended.worker_devices
+  local = devices.local_replicas(strategy)
+  worker_devices = strategy.extended.worker_devices
   for first in range(0, num, workers):
     mine = draw(min(first + worker, num - 1))
     ks = [first + w for w in range(workers)]
@@ -238,7 +218,7 @@ def batches_in_order(strategy, sizes: Sequence[int], draw: Callable[[int], dict]
       def on_replica(ctx, value=value):
         # This worker's rows on its first replica, none on its others.
         index = ctx.replica_id_in_sync_group % local
-        with tf.device(devices[index]):
+        with tf.device(worker_devices[index]):
           value = tf.convert_to_tensor(value)
           return value if index == 0 else value[:0]
 

@@ -1,7 +1,12 @@
-"""TODO docstring (from ncsn_tf.modes)."""
+"""The batch loop of sampling: batches, their seeds, progress, and every device.
+
+`draw_samples` draws --num_samples samples with the configured sampler in
+batches of --sample_batch_size; batch k uses the 'samples' seed stream at
+index k (sampling/configured.py STREAMS), so the samples do not depend on the
+devices or on how the batches are spread over them.
+"""
 
 import numpy as np
-import tensorflow as tf
 
 from ncsn_tf import config as config_lib
 from ncsn_tf.data import pipeline as data_lib
@@ -38,14 +43,14 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
   # The same wrapper object for the same network: tf.function keys its trace
   # cache on the callable, so a fresh wrapper would retrace (and re-optimise)
   # the whole sampler graph at every snapshot and batch. `shard` caches too.
-  model = distributed.shard(configured.as_score_model(score_model, sigmas), strategy)
-  sampler = configured.ConfiguredSampler(config, model, shape)
+  sampler = configured.ConfiguredSampler(config, score_model, shape, strategy=strategy,
+                                         sigmas=sigmas)
   sizes = [min(s.sample_batch_size, num - start) for start in range(0, num, s.sample_batch_size)]
 
   def draw(k):
     if before_batch is not None:
       before_batch(k * s.sample_batch_size, sizes[k])
-    samples, trajectory, nfe = sampler.sample(sizes[k], tf.constant([seed, k], tf.int32),
+    samples, trajectory, nfe = sampler.sample(sizes[k], seed, index=k,
                                               num_snapshots=s.num_snapshots)
     samples = samples.numpy()
     trajectory = samples[None] if trajectory is None else trajectory.numpy()

@@ -1,4 +1,14 @@
-"""TODO docstring (from ncsn_tf.export)."""
+"""SavedModel export for TF Serving: numbered versions, each whole or absent.
+
+`export(...)` writes `<export_dir>/<version>/`, a SavedModel of a
+serving/module.py ScoreModule with its signatures (the entries of
+serving/signatures.py that apply, and `serving_default` = `score`). Versions
+are integers; each is written to a `.tmp-<version>-<pid>` directory beside the
+others and renamed into place, so a TF Serving process polling `export_dir`
+never sees half a model, and temporaries of exporting processes that died are
+removed by the next export. saved_models/README.md documents the layout and
+the signatures.
+"""
 
 import os
 import shutil

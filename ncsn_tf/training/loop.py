@@ -1,4 +1,11 @@
-"""TODO docstring (from ncsn_tf.train_lib)."""
+"""The one training loop, for every dataset and model.
+
+`train(config)` resumes from <workdir>/checkpoints when it can, runs chunks of
+compiled steps (training/step.py) on the run's strategy, writes TensorBoard
+scalars and checkpoints (the chief only), evaluates the held-out loss at each
+snapshot, stops cleanly on SIGTERM/SIGINT after saving, stops loudly on a
+non-finite loss, and honours --train_minutes across resumes.
+"""
 
 import contextlib
 import os
@@ -113,7 +120,7 @@ def _train_dataset(config: config_lib.Config, strategy, step: int):
   with a fresh shuffle seeded by the step (replaying them would decode every
   skipped image).
   """
-  consumed = step * devices._local_replicas(strategy)
+  consumed = step * devices.local_replicas(strategy)
   return strategy.distribute_datasets_from_function(  # (images, labels) when needs_labels
       data_lib.dataset_fn(config, start_batch=consumed, with_labels=train_step.needs_labels(config)))
 

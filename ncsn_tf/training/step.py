@@ -1,4 +1,11 @@
-"""TODO docstring (from ncsn_tf.train_lib)."""
+"""The training step: the loss of --loss (or the classifier's) and one compiled chunk of steps.
+
+* `objective_for`: fn(batch, sigmas, seed) -> per-example loss, level index and
+  (for classifiers) correctness, from ncsn_tf/losses.py.
+* `make_train_chunk`: a tf.function that runs many steps in one call; each
+  step is `strategy.run` of a single-replica step with the loss averaged over
+  the global batch, the EMA update after it, and no host work between steps.
+"""
 
 import keras
 import tensorflow as tf

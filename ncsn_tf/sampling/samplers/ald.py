@@ -1,10 +1,17 @@
-"""TODO docstring (from ncsn_tf.sampling.registry)."""
+"""Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) as a registered sampler.
+
+Two ways to run it: on a ladder network at its level indices (`run_model`,
+what --sampler=ald does: the paper's chain, seeds and samples), or over the
+score of p_t of any SDE whose noise levels hold the ladder (`ald_sample`, the
+registry's common contract, for exact scores and continuous-σ models).
+"""
 
 import numpy as np
 import tensorflow as tf
 
 from ncsn_tf import noise
 from ncsn_tf.sampling import langevin
+from ncsn_tf.sampling.samplers import registry
 
 
 def _ladder_times(sde, ladder) -> np.ndarray:
@@ -55,3 +62,30 @@ def ald_sample(score_fn, sde, x_init, seed, condition=None, *, ladder=None, n_st
       index_score_fn, y_init, ladder.sigmas, condition, n_steps_each=n_steps_each, step_lr=step_lr,
       seed=seed, denoise=denoise)
   return samples, tf.constant(ladder.num_scales * n_steps_each + int(denoise), tf.int32)
+
+
+def run_model(score_model, sde, x_init, seed, condition=None, num_snapshots: int = 0, *,
+              n_steps_each: int, step_lr: float, denoise: bool):
+  """The paper's chain on a score model's own ladder, asking it at level indices.
+
+  score_model: a ScoreModel (or one that answers like it: `score_index`,
+  `sigmas`, `num_scales`); sde is not used (the ladder is the model's).
+  Returns (samples [N, ...], trajectory [num_snapshots, N, ...] or None, nfe
+  int32 = L·n_steps_each, + 1 with denoise).
+  """
+  del sde
+  sigmas = tf.constant(np.asarray(score_model.sigmas, np.float32))
+  out = langevin.annealed_langevin_dynamics(
+      score_model.score_index, x_init, sigmas, condition, n_steps_each=n_steps_each,
+      step_lr=step_lr, seed=seed, num_snapshots=num_snapshots, denoise=denoise)
+  samples, trajectory = out if num_snapshots else (out, None)
+  nfe = score_model.num_scales * n_steps_each + int(denoise)
+  return samples, trajectory, tf.constant(nfe, tf.int32)
+
+
+registry.register(registry.SamplerSpec(
+    name='ald', sample=ald_sample, check=check_ald,
+    settings={'n_steps_each': 'n_steps_each', 'step_lr': 'step_lr', 'denoise': 'denoise'},
+    doc='annealed Langevin dynamics on the noise ladder (Song & Ermon 2019, the paper); '
+        'from uniform noise; L · n_steps_each score evaluations',
+    needs_sde=False, start='uniform', run_model=run_model))

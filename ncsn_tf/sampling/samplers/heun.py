@@ -25,6 +25,7 @@ import tensorflow as tf
 from ncsn_tf import noise
 from ncsn_tf.noise import expand_to
 from ncsn_tf.sampling import conditions
+from ncsn_tf.sampling.samplers import registry
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
@@ -39,10 +40,11 @@ def check_settings(sde, *, num_steps, rho, sampling_eps):
   """Raises ValueError (one line) on a bad setting; returns the resolved sampling eps."""
   if not isinstance(sde, noise.SDE):
     raise ValueError(f'sde must be a noise.SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}')
-  if not (isinstance(num_steps, (int, np.integer)) and num_steps >= 1):
-    raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+  # Two σ steps at least: one Heun step from σ_max to σ_min, then the denoising one.
+  if not (isinstance(num_steps, (int, np.integer)) and num_steps >= 2):
+    raise registry.SettingError('num_steps', f'must be an integer >= 2, got {num_steps!r}')
   if not rho > 0:
-    raise ValueError(f'rho must be > 0, got {rho}')
+    raise registry.SettingError('rho', f'must be > 0, got {rho}')
   return sde.sampling_eps(sampling_eps)
 
 
@@ -111,3 +113,10 @@ def _heun_loop(score_fn, sde, y, sigmas, condition=None):
   if condition is not None:  # σ = 0: the known values, to the bit (the steps leave round-off).
     y = condition.impose(y, 1.0, 0.0, tf.zeros_like(y))
   return y
+
+
+registry.register(registry.SamplerSpec(
+    name='heun', sample=heun_sample, check=check_settings,
+    settings={'num_steps': 'sampling_steps', 'sampling_eps': 'sampling_eps'},
+    doc="EDM's deterministic Heun sampler (Karras et al. 2022, Algorithm 1) on the ρ = 7 "
+        'σ schedule; 2N − 1 score evaluations'))

@@ -19,6 +19,7 @@ import tensorflow_probability as tfp
 
 from ncsn_tf.noise import expand_to
 from ncsn_tf.sampling import conditions
+from ncsn_tf.sampling.samplers import registry
 
 
 def ode_drift(score_fn, sde):
@@ -34,9 +35,9 @@ def check_settings(sde, *, rtol, atol, sampling_eps, denoise):
   """Raises ValueError (one line) on a bad setting; returns the resolved sampling eps."""
   del denoise
   if not rtol > 0:
-    raise ValueError(f'ode rtol must be > 0, got {rtol}')
+    raise registry.SettingError('rtol', f'must be > 0, got {rtol}', label='ode rtol')
   if not atol > 0:
-    raise ValueError(f'ode atol must be > 0, got {atol}')
+    raise registry.SettingError('atol', f'must be > 0, got {atol}', label='ode atol')
   return sde.sampling_eps(sampling_eps)
 
 
@@ -144,3 +145,11 @@ def ode_encode(score_fn, sde, x0, *, rtol=1e-5, atol=1e-5, sampling_eps=None):
   eps = check_settings(sde, rtol=rtol, atol=atol, sampling_eps=sampling_eps, denoise=False)
   return _solve_probability_flow(score_fn, sde, tf.convert_to_tensor(x0, tf.float32), eps, sde.T,
                                  *_tolerances(rtol, atol))
+
+
+registry.register(registry.SamplerSpec(
+    name='ode', sample=ode_sample, check=check_settings,
+    settings={'rtol': 'ode_rtol', 'atol': 'ode_atol', 'sampling_eps': 'sampling_eps',
+              'denoise': 'denoise'},
+    doc='the probability-flow ODE (Song et al. 2021) by adaptive Dormand-Prince; '
+        'deterministic, NFE set by the tolerances'))

@@ -22,6 +22,7 @@ import tensorflow as tf
 from ncsn_tf import noise
 from ncsn_tf.noise import expand_to
 from ncsn_tf.sampling import conditions
+from ncsn_tf.sampling.samplers import registry
 
 
 def _noise_like(x, seed):
@@ -155,6 +156,16 @@ def _lookup(table, kind, name):
   return table[name]
 
 
+def get_predictor(name: str):
+  """The predictor step function of `name` (PREDICTORS)."""
+  return _lookup(PREDICTORS, 'predictor', name)[0]
+
+
+def get_corrector(name: str):
+  """The corrector step function of `name` (CORRECTORS)."""
+  return _lookup(CORRECTORS, 'corrector', name)
+
+
 def check_settings(sde, *, predictor, corrector, num_steps, corrector_steps, snr, sampling_eps,
                    denoise):
   """Raises ValueError (one line) on a bad setting; returns the resolved sampling eps."""
@@ -164,11 +175,12 @@ def check_settings(sde, *, predictor, corrector, num_steps, corrector_steps, snr
   if not isinstance(sde, noise.SDE):
     raise ValueError(f'sde must be a noise.SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}')
   if not (isinstance(num_steps, (int, np.integer)) and num_steps >= 1):
-    raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+    raise registry.SettingError('num_steps', f'must be an integer >= 1, got {num_steps!r}')
   if not (isinstance(corrector_steps, (int, np.integer)) and corrector_steps >= 0):
-    raise ValueError(f'corrector_steps must be an integer >= 0, got {corrector_steps!r}')
+    raise registry.SettingError('corrector_steps',
+                                f'must be an integer >= 0, got {corrector_steps!r}')
   if not snr > 0:
-    raise ValueError(f'snr must be > 0, got {snr}')
+    raise registry.SettingError('snr', f'must be > 0, got {snr}')
   if predictor == 'none' and (corrector == 'none' or corrector_steps == 0):
     raise ValueError('predictor none needs a corrector with corrector_steps >= 1')
   if predictor == 'ancestral' and not isinstance(sde, (noise.VESDE, noise.VPSDE)):
@@ -252,3 +264,12 @@ def _pc_loop(score_fn, sde, x_init, seed, predictor_fn, corrector_fn, grid, corr
     x_mean = condition.impose(x_mean, sde.mean_coeff(tf.fill([batch], grid[-1])), 0.0,
                               tf.zeros_like(x_mean))
   return x_mean if denoise else x
+
+
+registry.register(registry.SamplerSpec(
+    name='pc', sample=pc_sample, check=check_settings,
+    settings={'predictor': 'predictor', 'corrector': 'corrector', 'num_steps': 'sampling_steps',
+              'corrector_steps': 'corrector_steps', 'snr': 'snr', 'sampling_eps': 'sampling_eps',
+              'denoise': 'denoise'},
+    doc='predictor-corrector sampling of the reverse SDE (Song et al. 2021, Algorithms 2-3); '
+        'N · (predictor + corrector steps) score evaluations'))
