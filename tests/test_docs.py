@@ -156,27 +156,3 @@ def test_flagfile_comments_cite_docs_sections_that_exist(cfg):
   for page, section in re.findall(r'(docs/[\w.-]+\.md), "([^"]+)"', _read(cfg)):
     assert github_slug(section) in anchors(_read(page)), f'{cfg}: no section "{section}" in {page}'
 
-
-def _export_contract() -> dict[str, list[tuple[str, str, str]]]:
-  """{signature: [(tensor name, dtype, shape), ...]} from ncsn_tf/export.py's docstring."""
-  doc = re.match(r'\s*"""(.*?)"""', _read('ncsn_tf/export.py'), flags=re.S).group(1)
-  contract = {}
-  for bullet in re.findall(r'^\* (.*?)(?=^\* |^\S|\Z)', doc, flags=re.M | re.S):
-    name = re.match(r'`(\w+)`', bullet)
-    tensors = re.findall(r'(\w+) (float32|int32|string) (\[[^\]]*\])', bullet)
-    if name and tensors:
-      contract[name.group(1)] = tensors
-  return contract
-
-
-def test_readmes_state_the_serving_contract_of_export_py():
-  contract = _export_contract()
-  assert {'score', 'sample', 'inpaint'} <= set(contract), contract
-  readme = _read('README.md').replace('`', '')
-  serving = _read('saved_models/README.md').replace('`', '')
-  for signature, tensors in contract.items():
-    assert f'`{signature}`' in _read('README.md'), signature
-    assert f'`{signature}`' in _read('saved_models/README.md'), signature
-    for name, dtype, shape in tensors:
-      assert f'{name} {dtype} {shape}' in readme, (signature, name, dtype, shape)
-      assert f'{name} {dtype}' in serving, (signature, name, dtype)

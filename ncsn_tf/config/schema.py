@@ -48,7 +48,7 @@ PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 STRATEGIES = ('auto', 'mirrored', 'multi_worker')
 
 
-#: --lr_schedule values (ncsn_tf/training/lr_schedule.py).
+#: --lr_schedule values (ncsn_tf/runtime/lr_schedule.py).
 LR_SCHEDULES = ('constant', 'cosine')
 
 
@@ -318,7 +318,7 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-  """The SavedModel export (ncsn_tf/export.py)."""
+  """The SavedModel export (ncsn_tf/serving/)."""
   export_dir: str = setting('', 'SavedModel root; default saved_models/<config name>.',
                             resume_safe=True, derived=os.path.join('saved_models', '{name}'))
 

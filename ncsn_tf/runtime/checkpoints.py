@@ -28,7 +28,7 @@ from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime import devices
 from ncsn_tf.runtime import precision
-from ncsn_tf.training import lr_schedule
+from ncsn_tf.runtime import lr_schedule
 
 
 class ConfigMismatchError(config_lib.ConfigError):

@@ -58,7 +58,7 @@ def policy_scope(policy: str):
 def make_optimizer(policy: str, learning_rate, beta_1: float) -> keras.optimizers.Optimizer:
   """Adam; wrapped in a dynamic LossScaleOptimizer under float16 (bfloat16 needs none).
 
-  `learning_rate` is a float or a keras LearningRateSchedule (ncsn_tf/training/lr_schedule.py).
+  `learning_rate` is a float or a keras LearningRateSchedule (ncsn_tf/runtime/lr_schedule.py).
   """
   optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1)
   if policy == 'mixed_float16':

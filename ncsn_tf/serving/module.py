@@ -31,6 +31,7 @@ import tensorflow as tf
 from ncsn_tf import config as config_lib
 from ncsn_tf.data import pipeline as data_lib
 from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import samplers
 from ncsn_tf.serving import signatures as signatures_lib
 
 #: Annealed Langevin's uniform starting points (kept here under its old name).
@@ -55,7 +56,7 @@ class ScoreModule(tf.Module):
     score_model = configured.as_score_model(score_model, sigmas)
     self.sigmas = tf.Variable(np.asarray(sigmas, np.float32), trainable=False, name='sigmas')
     self.config_json = tf.Variable(config.to_json(), trainable=False, name='config_json')
-    self.sampler = tf.Variable(configured.describe(config.sampling), trainable=False,
+    self.sampler = tf.Variable(samplers.describe(config.sampling), trainable=False,
                                name='sampler')
     shape = tuple(data_lib.data_shape(config.data))
     # Not tracked (set past tf.Module's attribute tracking): a tracked Keras 3

@@ -33,9 +33,10 @@ or from any module imported before the export (docs/extending.md):
         outputs='`score_norm` float32 [N]', doc='‖s(x, σ_i)‖ per example.'))
 
 Seeds: a signature that draws takes an int32 `seed` and derives stateless
-seeds [seed, k] from it: `sample` and `sample_class` start from [seed, 0] and
-run the chain from [seed, 1]; `inpaint` and `colorize` use [seed, 2] and
-[seed, 3]. The variables an entry's body reads (the networks', a
+seeds [seed, k] from it (sampling/configured.py's STREAMS): `sample` and
+`sample_class` start from [seed, 0] and run the chain from [seed, 1]
+('served'); `inpaint` and `colorize` use [seed, 2] and [seed, 3]
+('served_condition'). The variables an entry's body reads (the networks', a
 classifier's) are found by tracing, so an entry needs nothing else to be
 restorable by a model server (see serving/module.py).
 """
@@ -219,18 +220,16 @@ def _in_data_range(context: ExportContext, images, name):
 
 def _draw_under(context: ExportContext, condition, seed):
   """Samples [N, *data_shape] with the configured sampler under `condition`: starting
-  points from [seed, 2], the chain from [seed, 3]."""
-  sampler = context.sampler
-  x_init = sampler.initial_state(tf.shape(condition.known)[0], tf.stack([seed, tf.constant(2)]))
-  samples, _, _ = sampler.run(x_init, tf.stack([seed, tf.constant(3)]), condition=condition)
+  points from [seed, 2], the chain from [seed, 3] (the stream 'served_condition')."""
+  samples, _, _ = context.sampler.sample(tf.shape(condition.known)[0], seed,
+                                         stream='served_condition', condition=condition)
   return _clipped(context, samples)
 
 
 def _draw(context: ExportContext, sampler, num, seed):
   """`num` samples [num, *data_shape] of `sampler`: starting points from [seed, 0], the
-  chain from [seed, 1]."""
-  x_init = sampler.initial_state(num, tf.stack([seed, tf.constant(0)]))
-  samples, _, _ = sampler.run(x_init, tf.stack([seed, tf.constant(1)]))
+  chain from [seed, 1] (the stream 'served')."""
+  samples, _, _ = sampler.sample(num, seed, stream='served')
   return _clipped(context, samples)
 
 
