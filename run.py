@@ -96,10 +96,10 @@ def main(argv):
     import tensorflow as tf
     tf.get_logger().setLevel(std_logging.WARNING)
     logging.get_absl_handler().addFilter(_HideTensorFlowInfo(os.path.dirname(tf.__file__)))
-  logging.info('%s: mode=%s workdir=%s', config.name, config.mode, config.workdir)
   try:
     # The registries' checks (network, SDE, sampler), now that TensorFlow is loaded.
     config = api.validate(config)
+    logging.info('%s: mode=%s workdir=%s', config.name, config.mode, config.workdir)
     modes.MODES[config.mode](config)
   except config_lib.ConfigError as e:  # e.g. a workdir of a different configuration
     print(f'error: {e}', file=sys.stderr)

@@ -19,6 +19,7 @@ from conftest import REPO_ROOT
 from PIL import Image
 from test_train_lib import tiny_config
 
+from ncsn_tf import api
 from ncsn_tf import config as config_lib
 from ncsn_tf.data import images
 from ncsn_tf.runtime import checkpoints
@@ -96,7 +97,7 @@ def test_invalid_configs_name_the_flag_and_the_fix(tmp_path, monkeypatch, groups
   else:
     monkeypatch.setenv('TF_CONFIG', env)
   with pytest.raises(config_lib.ConfigError) as info:
-    config_lib.validate(_config(tmp_path, **json.loads(json.dumps(groups))))
+    api.validate(_config(tmp_path, **json.loads(json.dumps(groups))))
   assert expected in str(info.value)
   assert '\n' not in str(info.value)
 

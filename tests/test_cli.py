@@ -12,7 +12,9 @@ TOY = os.path.join(REPO_ROOT, 'tf_configs', 'toy_gmm.cfg')
 
 
 def run_cli(*args, cwd=REPO_ROOT, timeout=600):
-  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
+  # The user's environment: TF_CPP_MIN_LOG_LEVEL unset, so run.py keeps TensorFlow's
+  # start-up notices off the console (errors found after TensorFlow loads stay one line).
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
   return subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'run.py'), *args], cwd=cwd,
                         capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 from conftest import REPO_ROOT
 
+from ncsn_tf import api
 from ncsn_tf import config as config_lib
 from ncsn_tf.config import docs as configuration_doc
 from ncsn_tf.config import flags as ncsn_flags
@@ -135,7 +136,8 @@ def test_resume_safe_fields_are_those_of_before():
   # unsafe, nor another model, data or training field safe.
   added = config_lib.RESUME_SAFE_FIELDS - RESUME_SAFE_BEFORE
   assert config_lib.RESUME_SAFE_FIELDS >= RESUME_SAFE_BEFORE
-  assert all(f.startswith(('sampling.', 'eval.')) or f == 'model.prior_mean' for f in added), added
+  assert all(f.startswith(('sampling.', 'eval.')) or f in ('model.prior_mean', 'extensions')
+             for f in added), added
 
 
 def _parsed(argv, monkeypatch):
@@ -197,8 +199,9 @@ def test_a_choice_outside_its_values_is_a_config_error_naming_the_flag(tmp_path)
                              export=config_lib.ExportConfig(str(tmp_path / 'e')))
   with pytest.raises(config_lib.ConfigError, match=r"^--loss: must be one of anneal_dsm, .*got 'l2'$"):
     config_lib.validate(config.replace(train={'loss': 'l2'}))
+  # Names the registries hold are checked by their own check_config (api.validate).
   with pytest.raises(config_lib.ConfigError, match=r"^--model: must be one of mlp, refinenet, unet"):
-    config_lib.validate(config.replace(model={'name': 'vit'}))
+    api.validate(config.replace(model={'name': 'vit'}))
 
 
 def test_only_flags_py_uses_absl_flags():

@@ -29,6 +29,7 @@ from ncsn_tf.lab import sde_samplers as experiments_sde
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.runtime import checkpoints
 from ncsn_tf.runtime import devices
+from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
 from ncsn_tf.sampling import draw
 from ncsn_tf.sampling import langevin
@@ -56,7 +57,7 @@ def test_the_runs_strategy_is_trainings_and_the_score_lands_on_both_devices_in_r
   config, strategy, state = run
   assert strategy is devices.make_strategy(2, 'auto')  # The object training uses.
   assert isinstance(strategy, tf.distribute.MirroredStrategy)
-  assert distributed.local_replicas(strategy) == 2
+  assert devices.local_replicas(strategy) == 2
   assert distributed.worker_layout(strategy) == (0, 1)
   sharded = distributed.shard(state.score_model, strategy)
   assert distributed.shard(state.score_model, strategy) is sharded  # Trace reuse.

@@ -67,8 +67,7 @@ def _extended_run(tmp_path_factory):
            for f in _documented_command()]
   flags = [f for f in flags if not f.startswith('--workdir=')]
   workdir, export_dir = tmp_path / 'run', tmp_path / 'export'
-  result = run_cli(*flags, f'--workdir={workdir}', f'--export_dir={export_dir}', *SMOKE,
-                   cwd=str(tmp_path))
+  result = run_cli(*flags, f'--workdir={workdir}', f'--export_dir={export_dir}', *SMOKE)
   assert result.returncode == 0, result.stderr[-3000:]
   return tmp_path, workdir, export_dir, module
 
@@ -93,7 +92,7 @@ def test_a_later_mode_on_the_workdir_imports_the_extension_again(extended_run):
   result = run_cli(*[f.replace('my_extension.py', module) for f in _documented_command()
                      if not f.startswith('--workdir=')],
                    f'--workdir={workdir}', *SMOKE, '--mode=sample', '--guidance=none',
-                   '--num_samples=3', '--sample_batch_size=3', cwd=str(tmp_path))
+                   '--num_samples=3', '--sample_batch_size=3')
   assert result.returncode == 0, result.stderr[-3000:]
 
 

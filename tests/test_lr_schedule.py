@@ -9,8 +9,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from test_train_lib import tiny_config
 
-from ncsn_tf.training import loop as train_loop
 from ncsn_tf.runtime import lr_schedule
+from ncsn_tf.training import loop as train_loop
 
 
 def expected_rate(t, peak, warmup, total, decay):

@@ -14,8 +14,8 @@ import tensorflow as tf
 from ncsn_tf import losses
 from ncsn_tf import noise
 from ncsn_tf.models.mlp import NoiseConditionalMLP
-from ncsn_tf.noise import LADDER_RTOL
 from ncsn_tf.models.score_model import ScoreModel
+from ncsn_tf.noise import LADDER_RTOL
 
 SIGMAS = np.geomspace(20.0, 0.01, 8).astype(np.float32)
 MU = np.array([3.0, -1.0], np.float32)

@@ -1,7 +1,12 @@
 """The run configuration: schema (the settings), validation and resume rules."""
 
 from ncsn_tf.config.schema import (  # noqa: F401
-    MODES, INCEPTION_KINDS, UNET_SIZE_MULTIPLE, LOSSES, PROJECTIONS, EXPERIMENTS, CONTINUOUS_EXPERIMENTS, PRECISIONS, STRATEGIES, LR_SCHEDULES, LEVEL_SAMPLINGS, PRECONDITIONINGS, UNET_NORMS, NOISE_EMBEDDINGS, LIKELIHOOD_SOURCES, HUTCHINSON_PROBES, SPLITS, TASKS, GUIDANCES, PREDICTORS, CORRECTORS, ConfigError, setting, DataConfig, ModelConfig, TrainConfig, SamplingConfig, ExportConfig, EvalConfig, Config, GROUPS, Setting, settings)
+    MODES, INCEPTION_KINDS, UNET_SIZE_MULTIPLE, LOSSES, PROJECTIONS, EXPERIMENTS,
+    CONTINUOUS_EXPERIMENTS, PRECISIONS, STRATEGIES, LR_SCHEDULES, LEVEL_SAMPLINGS,
+    PRECONDITIONINGS, UNET_NORMS, NOISE_EMBEDDINGS, LIKELIHOOD_SOURCES, HUTCHINSON_PROBES,
+    SPLITS, TASKS, GUIDANCES, PREDICTORS, CORRECTORS, ConfigError, setting, DataConfig,
+    ModelConfig, TrainConfig, SamplingConfig, ExportConfig, EvalConfig, Config, GROUPS, Setting,
+    settings)
 from ncsn_tf.config.validate import (  # noqa: F401
     validate, tf_config_cluster, num_workers)
 from ncsn_tf.config.resume import (  # noqa: F401

@@ -15,7 +15,7 @@ import sys
 
 from ncsn_tf import config as config_lib
 
-PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                     'docs', 'configuration.md')
 COMMAND = '.venv/bin/python -m ncsn_tf.config.docs'
 

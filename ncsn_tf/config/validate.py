@@ -110,14 +110,16 @@ def _validate_data(data: schema.DataConfig):
     _require(os.access(data.data_path, os.R_OK | os.X_OK), 'data_path',
              f'{data.data_path!r} is not readable; fix its permissions')
   spec = catalog.get(data.dataset)
-  if spec.in_memory:  # Drawn (shapes) or upscaled by an integer factor (digits) at its size.
-    _require(data.image_size >= spec.min_size and data.image_size % spec.size_multiple == 0,
-             'image_size', f'--dataset={data.dataset} needs a multiple of {spec.size_multiple} '
-             f'(>= {spec.min_size}), got {data.image_size}')
-  elif not data.is_toy:
-    _require(data.image_size >= spec.min_size and data.image_size % spec.size_multiple == 0,
-             'image_size', f'must be a multiple of {spec.size_multiple} and >= {spec.min_size}, '
+  if data.is_toy:
+    return
+  fits = data.image_size >= spec.min_size and data.image_size % spec.size_multiple == 0
+  if spec.min_size == spec.size_multiple:  # Upscaled by an integer factor from its native size.
+    _require(fits, 'image_size', f'--dataset={data.dataset} needs a multiple of '
+             f'{spec.size_multiple} (native {spec.size_multiple}x{spec.size_multiple}), '
              f'got {data.image_size}')
+  else:
+    _require(fits, 'image_size', f'must be a multiple of {spec.size_multiple} and >= '
+             f'{spec.min_size}, got {data.image_size}')
 
 
 def _validate_model(model: schema.ModelConfig, data: schema.DataConfig):
@@ -222,7 +224,8 @@ def _validate_continuous(config: schema.Config):
     _require(m.sde != 'none', 'loss', 'continuous_dsm needs --sde=ve, vp or subvp')
   _require(not t.likelihood_weighting or t.loss == 'continuous_dsm', 'likelihood_weighting',
            f'applies to --loss=continuous_dsm, got {t.loss!r}')
-  _require(m.prior_mean == 0 or m.sde == 've', 'prior_mean',
+  # An SDE the registry does not know is refused by its check (ncsn_tf.api.validate).
+  _require(m.prior_mean == 0 or m.sde not in ('none', 'vp', 'subvp'), 'prior_mean',
            f'applies to --sde=ve (the VP priors are centred by construction), got --sde={m.sde}')
   if m.sde in ('vp', 'subvp'):
     _require(m.beta_min > 0, 'beta_min', f'must be > 0, got {m.beta_min}')

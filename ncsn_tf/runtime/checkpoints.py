@@ -27,8 +27,8 @@ from ncsn_tf.models import registry as networks
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime import devices
-from ncsn_tf.runtime import precision
 from ncsn_tf.runtime import lr_schedule
+from ncsn_tf.runtime import precision
 
 
 class ConfigMismatchError(config_lib.ConfigError):

@@ -136,25 +136,27 @@ class ConfiguredSampler:
       return uniform_initial_state(self.shape, num, seed, self.config.data)
     return self.sde.prior_sample(tf.concat([[num], tf.constant(self.shape, tf.int32)], 0), seed)
 
-  def run(self, x_init, chain_seed, num_snapshots: int = 0, condition=None):
+  def run(self, x_init, chain_seed, num_snapshots: int = 0, condition=None, callback=None):
     """The chain from x_init: (samples, trajectory or None, nfe int32 tensor).
 
     condition: None, or a sampling.conditions.Condition (inpainting,
     colourisation) of x_init's shape, which every sampler accepts.
+    callback: None, or fn(step, num_steps, x) called on the host after every
+    step of samplers that have steps (sampling/callbacks.py).
     """
     if self.spec.run_model is not None:
       return self.spec.run_model(self.score_model, self.sde, x_init, chain_seed, condition,
-                                 num_snapshots, **self.settings)
+                                 num_snapshots, callback, **self.settings)
     samples, nfe = self._sample(time_score_fn(self.score_model, self.sde), x_init, chain_seed,
-                                condition=condition)
+                                condition=condition, callback=callback)
     return samples, None, nfe
 
   def sample(self, num, seed, index=0, *, stream: str = 'samples', num_snapshots: int = 0,
-             condition=None):
+             condition=None, callback=None):
     """`num` samples from seed (int or int32 scalar) and index k on `stream` (STREAMS)."""
     start_seed, chain_seed = STREAMS[stream].seeds(seed, index)
     x_init = self.initial_state(num, start_seed)
-    return self.run(x_init, chain_seed, num_snapshots, condition=condition)
+    return self.run(x_init, chain_seed, num_snapshots, condition=condition, callback=callback)
 
 
 _WRAPPED = weakref.WeakKeyDictionary()

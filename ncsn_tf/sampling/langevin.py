@@ -18,6 +18,7 @@ function of (x_init, seed).
 
 import tensorflow as tf
 
+from ncsn_tf.sampling import callbacks
 from ncsn_tf.sampling import conditions
 
 
@@ -72,7 +73,7 @@ def langevin_dynamics(score_fn, x_init, *, step_size, n_steps, seed):
 
 @tf.function(reduce_retracing=True)
 def annealed_langevin_dynamics(score_fn, x_init, sigmas, condition=None, *, n_steps_each, step_lr,
-                               seed, num_snapshots=0, denoise=False):
+                               seed, num_snapshots=0, denoise=False, callback=None):
   """Annealed Langevin dynamics: Algorithm 1 of the paper.
 
   Args:
@@ -92,6 +93,8 @@ def annealed_langevin_dynamics(score_fn, x_init, sigmas, condition=None, *, n_st
     denoise: if True, finish with one noise-free step x + σ_L² s(x, L−1)
       (Tweedie's denoiser; NCSNv2's `denoise`), which removes the σ_L noise.
       The paper's NCSN did not, so it is off by default.
+    callback: None, or fn(step, num_steps, x) run on the host after every
+      Langevin move (sampling/callbacks.py); step counts from 1 to L·T.
 
   Returns:
     samples float32 [N, ...]; with num_snapshots > 0, (samples,
@@ -107,6 +110,7 @@ def annealed_langevin_dynamics(score_fn, x_init, sigmas, condition=None, *, n_st
   batch = tf.shape(x_init)[0]
   snapshot_every = tf.maximum(total_steps // max(num_snapshots, 1), 1)
   trajectory = tf.TensorArray(tf.float32, size=max(num_snapshots, 1), element_shape=x_init.shape)
+  hook = callbacks.step_hook(callback)
 
   def body(t, x, trajectory):
     level = t // n_steps_each
@@ -116,6 +120,7 @@ def annealed_langevin_dynamics(score_fn, x_init, sigmas, condition=None, *, n_st
       x = condition.impose(x, 1.0, sigmas[level], conditions.replacement_noise(seed, t, x))
     z = _step_noise(seed, t, tf.shape(x))
     x = langevin_update(x, tf.cast(score_fn(x, sigma_index), tf.float32), eps, z)
+    hook(t + 1, total_steps, x)
     if num_snapshots:
       slot = (t + 1) // snapshot_every - 1
       take = tf.logical_and((t + 1) % snapshot_every == 0, slot < num_snapshots)

@@ -9,19 +9,13 @@ registers them all, so use the registry through it:
     samples, nfe = sampler(score_fn, x_init, seed)
 """
 
-from ncsn_tf.sampling.samplers import ald  # noqa: F401  (registers)
-from ncsn_tf.sampling.samplers import heun  # noqa: F401
-from ncsn_tf.sampling.samplers import ode  # noqa: F401
-from ncsn_tf.sampling.samplers import pc  # noqa: F401
-from ncsn_tf.sampling.samplers.pc import get_corrector  # noqa: F401
-from ncsn_tf.sampling.samplers.pc import get_predictor  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import check_config  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import describe  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import get_sampler  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import make_sampler  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import names  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import register  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import resolve_settings  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import SamplerSpec  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import SettingError  # noqa: F401
-from ncsn_tf.sampling.samplers.registry import settings_from  # noqa: F401
+from ncsn_tf.sampling.samplers.registry import (  # noqa: F401
+    SamplerSpec, SettingError, check_config, describe, get_sampler, make_sampler, names, register,
+    resolve_settings, settings_from)
+# The builtins, each registering itself on import; this order is the registry's
+# (--help, the docs, error messages).
+from ncsn_tf.sampling.samplers import ald  # noqa: F401,E402
+from ncsn_tf.sampling.samplers import pc  # noqa: F401,E402
+from ncsn_tf.sampling.samplers import ode  # noqa: F401,E402
+from ncsn_tf.sampling.samplers import heun  # noqa: F401,E402
+from ncsn_tf.sampling.samplers.pc import get_corrector, get_predictor  # noqa: F401,E402

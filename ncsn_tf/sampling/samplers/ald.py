@@ -36,8 +36,8 @@ def check_ald(sde, *, ladder, n_steps_each, step_lr, denoise):
                      f'the SDE\'s noise levels')
 
 
-def ald_sample(score_fn, sde, x_init, seed, condition=None, *, ladder=None, n_steps_each=100,
-               step_lr=2e-5, denoise=False):
+def ald_sample(score_fn, sde, x_init, seed, condition=None, callback=None, *, ladder=None,
+               n_steps_each=100, step_lr=2e-5, denoise=False):
   """NCSN's annealed Langevin dynamics (sampling/langevin.py, unchanged) over a time score.
 
   The chain runs on the ladder in the VE picture y = x/α, y = data + σ noise:
@@ -60,12 +60,12 @@ def ald_sample(score_fn, sde, x_init, seed, condition=None, *, ladder=None, n_st
   y_init = tf.convert_to_tensor(x_init, tf.float32) / alphas[0]
   samples = langevin.annealed_langevin_dynamics(
       index_score_fn, y_init, ladder.sigmas, condition, n_steps_each=n_steps_each, step_lr=step_lr,
-      seed=seed, denoise=denoise)
+      seed=seed, denoise=denoise, callback=callback)
   return samples, tf.constant(ladder.num_scales * n_steps_each + int(denoise), tf.int32)
 
 
-def run_model(score_model, sde, x_init, seed, condition=None, num_snapshots: int = 0, *,
-              n_steps_each: int, step_lr: float, denoise: bool):
+def run_model(score_model, sde, x_init, seed, condition=None, num_snapshots: int = 0,
+              callback=None, *, n_steps_each: int, step_lr: float, denoise: bool):
   """The paper's chain on a score model's own ladder, asking it at level indices.
 
   score_model: a ScoreModel (or one that answers like it: `score_index`,
@@ -77,7 +77,7 @@ def run_model(score_model, sde, x_init, seed, condition=None, num_snapshots: int
   sigmas = tf.constant(np.asarray(score_model.sigmas, np.float32))
   out = langevin.annealed_langevin_dynamics(
       score_model.score_index, x_init, sigmas, condition, n_steps_each=n_steps_each,
-      step_lr=step_lr, seed=seed, num_snapshots=num_snapshots, denoise=denoise)
+      step_lr=step_lr, seed=seed, num_snapshots=num_snapshots, denoise=denoise, callback=callback)
   samples, trajectory = out if num_snapshots else (out, None)
   nfe = score_model.num_scales * n_steps_each + int(denoise)
   return samples, trajectory, tf.constant(nfe, tf.int32)

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from ncsn_tf import noise
 from ncsn_tf.noise import expand_to
+from ncsn_tf.sampling import callbacks
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling.samplers import registry
 
@@ -55,8 +56,8 @@ def _sigma_score(score_fn, sde, y, sigma):
   return alpha * score_fn(alpha * y, t)
 
 
-def heun_sample(score_fn, sde, x_init, seed=None, condition=None, *, num_steps=18, rho=7.0,
-                sampling_eps=None):
+def heun_sample(score_fn, sde, x_init, seed=None, condition=None, callback=None, *, num_steps=18,
+                rho=7.0, sampling_eps=None):
   """Deterministic EDM sampling (Heun, ρ schedule) from T to eps, then to σ = 0.
 
   Args:
@@ -68,7 +69,9 @@ def heun_sample(score_fn, sde, x_init, seed=None, condition=None, *, num_steps=1
       (conditions.flow_score): the known coordinates follow y = known + σ z,
       z read off x_init, which Heun's steps follow exactly (the path is linear
       in σ), and end at the known values at σ = 0.
-    num_steps: N >= 1 (EDM: 18 for CIFAR-10, 35 NFE).
+    callback: None, or fn(step, num_steps, y) run on the host after every
+      step (sampling/callbacks.py), with y = x/α.
+    num_steps: N >= 2 (EDM: 18 for CIFAR-10, 35 NFE).
     rho: the schedule's ρ > 0 (EDM: 7).
     sampling_eps: the smallest time in (0, 1), σ_min = σ(eps); None: the SDE's default.
 
@@ -84,13 +87,14 @@ def heun_sample(score_fn, sde, x_init, seed=None, condition=None, *, num_steps=1
   # Start in the scaled variable y = x/α(T); σ = 0 is t = 0, where α = 1 and y = x.
   y_init = tf.convert_to_tensor(x_init, tf.float32) / alpha_max
   condition = conditions.prepare(condition, y_init)
-  return (_heun_loop(score_fn, sde, y_init, sigmas, condition),
+  return (_heun_loop(score_fn, sde, y_init, sigmas, condition, callback),
           tf.constant(2 * num_steps - 1, tf.int32))
 
 
 @tf.function(reduce_retracing=True)
-def _heun_loop(score_fn, sde, y, sigmas, condition=None):
+def _heun_loop(score_fn, sde, y, sigmas, condition=None, callback=None):
   """All N steps in one tf.while_loop over the schedule sigmas [N + 1]."""
+  hook = callbacks.step_hook(callback)
   sigmas = tf.convert_to_tensor(sigmas, tf.float32)
   num_steps = tf.shape(sigmas)[0] - 1
   if condition is not None:
@@ -107,6 +111,7 @@ def _heun_loop(score_fn, sde, y, sigmas, condition=None):
     y_next = tf.cond(sigma_next > 0,
                      lambda: y + (sigma_next - sigma) * 0.5 * (d + slope(y_euler, sigma_next)),
                      lambda: y_euler)
+    hook(i + 1, num_steps, y_next)
     return i + 1, y_next
 
   _, y = tf.while_loop(lambda i, y: i < num_steps, body, (tf.constant(0), y))

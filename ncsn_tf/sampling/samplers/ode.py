@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from ncsn_tf.noise import expand_to
+from ncsn_tf.sampling import callbacks
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling.samplers import registry
 
@@ -95,8 +96,8 @@ def _tweedie(score_fn, sde, x, t):
   return (x + expand_to(std**2, x) * score_fn(x, t)) / expand_to(sde.mean_coeff(t), x)
 
 
-def ode_sample(score_fn, sde, x_init, seed=None, condition=None, *, rtol=1e-5, atol=1e-5,
-               sampling_eps=None, denoise=False):
+def ode_sample(score_fn, sde, x_init, seed=None, condition=None, callback=None, *, rtol=1e-5,
+               atol=1e-5, sampling_eps=None, denoise=False):
   """Samples by integrating the probability-flow ODE from T to eps.
 
   Args:
@@ -115,6 +116,8 @@ def ode_sample(score_fn, sde, x_init, seed=None, condition=None, *, rtol=1e-5, a
     rtol, atol: DormandPrince tolerances, > 0 (score_sde's defaults: 1e-5).
     sampling_eps: the end time in (0, 1); None: the SDE's default.
     denoise: finish with Tweedie's denoiser at eps (+1 NFE).
+    callback: None, or fn(step, num_steps, x), called once at the end (1, 1, x):
+      the adaptive solver's steps are internal to it.
 
   Returns:
     (samples float32 [N, ...], nfe int32).
@@ -137,6 +140,8 @@ def ode_sample(score_fn, sde, x_init, seed=None, condition=None, *, rtol=1e-5, a
     nfe += 1
     if condition is not None:  # Noise-free: the known values (Tweedie gives them up to round-off).
       x = condition.impose(x, 1.0, 0.0, tf.zeros_like(x))
+  # The adaptive solve has no steps of its own to report: the callback sees its end.
+  callbacks.step_hook(callback)(1, 1, x)
   return x, nfe
 
 

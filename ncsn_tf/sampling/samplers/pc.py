@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from ncsn_tf import noise
 from ncsn_tf.noise import expand_to
+from ncsn_tf.sampling import callbacks
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling.samplers import registry
 
@@ -188,7 +189,8 @@ def check_settings(sde, *, predictor, corrector, num_steps, corrector_steps, snr
   return sde.sampling_eps(sampling_eps)
 
 
-def pc_sample(score_fn, sde, x_init, seed, condition=None, *, predictor='reverse_diffusion',
+def pc_sample(score_fn, sde, x_init, seed, condition=None, callback=None, *,
+              predictor='reverse_diffusion',
               corrector='langevin', num_steps=1000, corrector_steps=1, snr=0.16, sampling_eps=None,
               denoise=True):
   """Predictor-corrector sampling from T to eps.
@@ -211,6 +213,8 @@ def pc_sample(score_fn, sde, x_init, seed, condition=None, *, predictor='reverse
       CIFAR-10, 0.01 for VP).
     sampling_eps: end time in (0, 1); None: score_sde's 1e-5 for VE, 1e-3 otherwise.
     denoise: return the last predictor step's mean (without its noise).
+    callback: None, or fn(step, num_steps, x) run on the host after every
+      predictor step (sampling/callbacks.py).
 
   Returns:
     (samples float32 [N, ...], nfe int32 = N·(predictor's + corrector_steps)).
@@ -224,14 +228,16 @@ def pc_sample(score_fn, sde, x_init, seed, condition=None, *, predictor='reverse
   x_init = tf.convert_to_tensor(x_init, tf.float32)
   samples = _pc_loop(score_fn, sde, x_init, tf.cast(seed, tf.int32),
                      predictor_fn, CORRECTORS[corrector], time_grid(sde, num_steps, eps),
-                     corrector_steps, float(snr), bool(denoise), conditions.prepare(condition, x_init))
+                     corrector_steps, float(snr), bool(denoise), conditions.prepare(condition, x_init),
+                     callback)
   return samples, tf.constant(num_steps * (predictor_nfe + corrector_steps), tf.int32)
 
 
 @tf.function(reduce_retracing=True)
 def _pc_loop(score_fn, sde, x_init, seed, predictor_fn, corrector_fn, grid, corrector_steps, snr,
-             denoise, condition=None):
+             denoise, condition=None, callback=None):
   """The whole chain in one graph: tf.while_loop over the grid's N steps."""
+  hook = callbacks.step_hook(callback)
   grid = tf.convert_to_tensor(grid, tf.float32)
   num_steps = tf.shape(grid)[0] - 1
   batch = tf.shape(x_init)[0]
@@ -254,6 +260,7 @@ def _pc_loop(score_fn, sde, x_init, seed, predictor_fn, corrector_fn, grid, corr
     x, x_mean = predictor_fn(score_fn, sde, x, t, dt, fold_in(step_seed, 0))
     if condition is not None:
       x = impose(x, tf.fill([batch], grid[i + 1]), i * (corrector_steps + 1) + corrector_steps)
+    hook(i + 1, num_steps, x)
     return i + 1, x, x_mean
 
   if condition is not None:

@@ -3,11 +3,13 @@
 A spec says everything the package needs to run a sampler by name (--sampler,
 the export, `ncsn_tf.load(...).sample(sampler=...)`):
 
-* `sample(score_fn, sde, x_init, seed, condition=None, **settings) -> (samples, nfe)`:
-  the sampler itself, over score_fn(x [N, ...], t float32 [N]) the score of p_t,
-  from prior draws x_init, with an int32 [2] stateless seed and an optional
-  sampling.conditions.Condition (inpainting, colourisation); its settings are
-  its keyword-only parameters, with defaults.
+* `sample(score_fn, sde, x_init, seed, condition=None, callback=None, **settings)
+  -> (samples, nfe)`: the sampler itself, over score_fn(x [N, ...], t float32 [N])
+  the score of p_t, from prior draws x_init, with an int32 [2] stateless seed,
+  an optional sampling.conditions.Condition (inpainting, colourisation) and an
+  optional callback(step, num_steps, x) that its loop calls after every step
+  through sampling/callbacks.py `step_hook` (progress, trajectories); its
+  settings are its keyword-only parameters, with defaults.
 * `check(sde, **settings)`: raises a one-line ValueError (a `SettingError`
   naming the parameter) on a bad setting, without doing any work.
 * `settings`: parameter -> the Config setting (sampling group) it is read
@@ -118,11 +120,15 @@ def resolve_settings(name: str, sde, **settings) -> dict:
 
 
 def make_sampler(name: str, sde, **settings) -> Callable:
-  """fn(score_fn, x_init, seed, condition=None) -> (samples, nfe) for sampler `name`, checked now."""
+  """fn(score_fn, x_init, seed, condition=None, callback=None) -> (samples, nfe) for
+  sampler `name`, its settings checked now."""
   resolved = resolve_settings(name, sde, **settings)
   sample = get_sampler(name).sample
-  return lambda score_fn, x_init, seed, condition=None: sample(score_fn, sde, x_init, seed,
-                                                               condition, **resolved)
+
+  def sampler(score_fn, x_init, seed, condition=None, callback=None):
+    return sample(score_fn, sde, x_init, seed, condition, callback, **resolved)
+
+  return sampler
 
 
 # --- the Config side ------------------------------------------------------------
