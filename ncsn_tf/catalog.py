@@ -45,6 +45,8 @@ class DatasetSpec:
   load: source 'memory': fn(split, image_size) -> (uint8 [N, S, S, C], int labels
     [N] or None), deterministic.
   judge: the clean judge of samples (JUDGES) or None.
+  center_crop: side of a centre crop taken before resizing (0: none; CelebA: 140, the
+    reference's `transforms.CenterCrop(140)` of the aligned 218x178 faces).
   """
   name: str
   source: str
@@ -57,6 +59,7 @@ class DatasetSpec:
   tfds_name: str | None = None
   load: Callable | None = None
   judge: str | None = None
+  center_crop: int = 0
 
   @property
   def is_toy(self) -> bool:
@@ -99,7 +102,7 @@ _BUILTIN = (
                 tfds_name='mnist'),
     DatasetSpec('cifar10', 'tfds', channels=3, num_classes=10, tfds_name='cifar10'),
     DatasetSpec('celeba', 'tfds', channels=3, tfds_name='celeb_a',
-                splits=('train', 'validation', 'test')),
+                splits=('train', 'validation', 'test'), center_crop=140),
     DatasetSpec('folder', 'folder', channels=3),
     # Offline: procedural shapes (labelled by the largest visible object) and the
     # scikit-learn digits (upscaled from 8x8, so sizes are multiples of 8).

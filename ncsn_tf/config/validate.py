@@ -104,12 +104,12 @@ def num_workers(train: schema.TrainConfig) -> int:
 
 
 def _validate_data(data: schema.DataConfig):
-  if data.dataset == 'folder':
-    _require(bool(data.data_path), 'data_path', 'is required with --dataset=folder')
+  spec = catalog.get(data.dataset)
+  if spec.source == 'folder':
+    _require(bool(data.data_path), 'data_path', f'is required with --dataset={data.dataset}')
     _require(os.path.isdir(data.data_path), 'data_path', f'{data.data_path!r} is not a directory')
     _require(os.access(data.data_path, os.R_OK | os.X_OK), 'data_path',
              f'{data.data_path!r} is not readable; fix its permissions')
-  spec = catalog.get(data.dataset)
   if data.is_toy:
     return
   fits = data.image_size >= spec.min_size and data.image_size % spec.size_multiple == 0

@@ -39,9 +39,6 @@ from absl import logging
 
 from ncsn_tf import catalog
 
-# CelebA: side of the centre crop applied to the aligned 218x178 faces before
-# resizing (reference `transforms.CenterCrop(140)`).
-CELEBA_CROP = 140
 # Logit-transform lambda of the reference implementation.
 LOGIT_LAMBDA = 1e-6
 # Pixel levels of 8-bit images and dequantisation bins: x*255/256 + u/256.
@@ -395,12 +392,15 @@ def _split_is_known(builder, split: str) -> bool:
 
 
 def _make_tfds_preprocess(name: str, size: int) -> Callable:
-  """example dict -> uint8 [size, size, C]; CelebA centre-cropped first."""
+  """example dict -> uint8 [size, size, C]; centre-cropped first where the catalog says
+  (CelebA: 140x140 of the aligned 218x178 faces)."""
+
+  crop = catalog.get(name).center_crop
 
   def preprocess(example):
     image = example['image']
-    if name == 'celeba':
-      image = _center_crop(image, CELEBA_CROP)
+    if crop:
+      image = _center_crop(image, crop)
     return _resize_uint8(image, size)
 
   return preprocess
