@@ -143,7 +143,7 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> checkpoints.TrainSt
     # Before any op: bitwise-reproducible kernels and tf.data order.
     tf.config.experimental.enable_op_determinism()
   checkpoints.check_resume_config(config)
-  strategy = devices.make_strategy(config.train.num_cpu_replicas, config.train.strategy)
+  strategy = devices.strategy_for(config)
   chief = devices.is_chief(strategy)
   if chief:
     checkpoints.write_config_json(config)
