@@ -162,13 +162,22 @@ def write_config_json(config: config_lib.Config):
 
 
 def checkpoint_steps(config: config_lib.Config) -> dict:
-  """{step: checkpoint prefix} of every checkpoint kept in <workdir>/checkpoints, by step."""
-  state = tf.train.get_checkpoint_state(checkpoint_dir(config))
+  """{step: checkpoint prefix} of every checkpoint kept in <workdir>/checkpoints, by step.
+
+  Works for every form of --workdir (relative, absolute, './x', 'x/', through a
+  symlink): tf.train.get_checkpoint_state already joins the recorded relative
+  paths with the directory it was given, so a path is used as it comes back;
+  only a recorded path that does not exist there (an absolute path of a
+  workdir since moved or mounted elsewhere) is looked up by its file name in
+  this checkpoint directory.
+  """
+  directory = checkpoint_dir(config)
+  state = tf.train.get_checkpoint_state(directory)
   paths = list(state.all_model_checkpoint_paths) if state else []
   found = {}
   for path in paths:
-    if not os.path.isabs(path):
-      path = os.path.join(checkpoint_dir(config), path)
+    if not tf.io.gfile.exists(path + '.index'):
+      path = os.path.join(directory, os.path.basename(path))
     if tf.io.gfile.exists(path + '.index'):
       found[int(path.rsplit('-', 1)[1])] = path
   return dict(sorted(found.items()))
