@@ -136,8 +136,8 @@ def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
   result = run_cli(*common, '--train_steps=4', '--snapshot_freq=2', '--log_freq=2',
                    '--heldout_batches=1', '--summary_samples=4')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert {'samples.npz', 'samples.png', 'chain.gif'} <= set(os.listdir(workdir / 'samples'))
-  samples = np.load(workdir / 'samples' / 'samples.npz')
+  assert {'samples.npz', 'samples.png', 'chain.gif'} <= set(os.listdir(workdir / 'samples' / 'latest'))
+  samples = np.load(workdir / 'samples' / 'latest' / 'samples.npz')
   assert samples['samples'].shape == (8, 16, 16, 3)
   assert samples['trajectory'].shape == (4, 8, 16, 16, 3)
   with open(workdir / 'samples' / 'shape_fit.json') as f:
@@ -154,9 +154,9 @@ def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
 
   result = run_cli(*common, '--mode=inpaint', '--num_inpaint_images=2', '--inpaint_completions=2')
   assert result.returncode == 0, result.stderr[-3000:]
-  arrays = np.load(workdir / 'inpainting' / 'inpainting.npz')
+  arrays = np.load(workdir / 'inpainting' / 'latest' / 'inpainting.npz')
   assert arrays['completions'].shape == (2, 2, 16, 16, 3)
-  assert os.path.exists(workdir / 'inpainting' / 'inpainting.png')
+  assert os.path.exists(workdir / 'inpainting' / 'latest' / 'inpainting.png')
 
   out = subprocess.run([sys.executable, '-c', SIGNATURE_SCRIPT, str(export_dir / '1')],
                        capture_output=True, text=True)

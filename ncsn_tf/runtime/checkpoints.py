@@ -11,7 +11,6 @@ that holds a different model's checkpoints. <workdir>/checkpoints holds one
 
 import dataclasses
 import functools
-import json
 import os
 
 import keras
@@ -146,8 +145,7 @@ def check_resume_config(config: config_lib.Config):
   path = os.path.join(config.workdir, 'config.json')
   if not os.path.exists(path) or tf.train.latest_checkpoint(checkpoint_dir(config)) is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = config_lib.read_json(path, 'workdir')
   differences = config_lib.resume_mismatches(saved, config)
   if differences:
     raise ConfigMismatchError(

@@ -45,13 +45,14 @@ class ScoreModule(tf.Module):
   s(x, sigma_index), which is wrapped with `sigmas`.
   classifier: None, or a guidance.Classifier: `sample_class` then uses
   classifier guidance, and its variables are saved with the score model's.
+  on_traced: None, or fn(done, total, name) called as each signature is traced.
 
   Each applicable signature is an attribute of its name (`module.sample(num,
   seed)`); `context` is the signatures.ExportContext their bodies read.
   """
 
   def __init__(self, score_model, config: config_lib.Config, sigmas: np.ndarray,
-               classifier=None):
+               classifier=None, on_traced=None):
     super().__init__(name='ncsn')
     score_model = configured.as_score_model(score_model, sigmas)
     self.sigmas = tf.Variable(np.asarray(sigmas, np.float32), trainable=False, name='sigmas')
@@ -74,7 +75,7 @@ class ScoreModule(tf.Module):
       setattr(self, entry.name, _served_function(entry, self.context))
     self.__dict__['signature_names'] = tuple(entry.name for entry in entries)
     # Last: tracing every signature here is what finds the variables to save.
-    self.model_variables = _track_captured_variables(self.signatures().values())
+    self.model_variables = _track_captured_variables(self.signatures(), on_traced)
 
   def signatures(self) -> dict:
     """{signature key: tf.function}: the applicable entries, then `serving_default`."""
@@ -96,8 +97,11 @@ def _served_function(entry: signatures_lib.Signature, context):
   return tf.function(functools.partial(entry.fn, context), input_signature=specs)
 
 
-def _track_captured_variables(functions) -> list:
-  """The variables the traced `functions` read, each once.
+def _track_captured_variables(functions: dict, on_traced=None) -> list:
+  """The variables the traced `functions` ({name: tf.function}) read, each once.
+
+  on_traced: None, or fn(done, total, name) called after each function is traced
+  (tracing a sampler or the likelihood's solver takes seconds each: progress).
 
   (Within one function, in the order of TF's set of watched variables, which
   can differ between processes; the saver restores by name, not by position.)
@@ -107,7 +111,9 @@ def _track_captured_variables(functions) -> list:
   saver write each variable under the name its variable node has in the graph.
   """
   captured = {}
-  for function in functions:
+  for done, (name, function) in enumerate(functions.items(), 1):
     for variable in function.get_concrete_function().variables:
       captured.setdefault(id(variable), variable)
+    if on_traced is not None:
+      on_traced(done, len(functions), name)
   return list(captured.values())
