@@ -332,6 +332,11 @@ class ExportConfig:
   """The SavedModel export (ncsn_tf/serving/)."""
   export_dir: str = setting('', 'SavedModel root; default saved_models/<config name>.',
                             resume_safe=True, derived=os.path.join('saved_models', '{name}'))
+  max_batch: int = setting(
+      1024, 'The most examples one served request may ask for (num_samples, or N of x, images '
+      'or labels); a larger request fails with InvalidArgument instead of allocating without '
+      'bound. Stored in the export (the variable max_batch).', flag='export_max_batch',
+      resume_safe=True)
 
 
 @dataclasses.dataclass(frozen=True)

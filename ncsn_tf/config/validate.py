@@ -19,6 +19,10 @@ from ncsn_tf.config import extensions
 from ncsn_tf.config import schema
 
 
+#: The largest int32: sizes stored in an export are int32 tensors.
+_INT32_MAX = 2**31 - 1
+
+
 def _require(condition: bool, flag: str, message: str):
   if not condition:
     raise schema.ConfigError(f'--{flag}: {message}')
@@ -63,6 +67,8 @@ def validate(config: schema.Config) -> schema.Config:
   _validate_labels(config)
   _validate_eval(config)
   _require(bool(config.export.export_dir), 'export_dir', 'must not be empty')
+  _require(1 <= config.export.max_batch <= _INT32_MAX, 'export_max_batch',
+           f'must be in [1, {_INT32_MAX}] (an int32 in the export), got {config.export.max_batch}')
   _require_writable_dir(config.workdir, 'workdir')
   saved_config = os.path.join(config.workdir, 'config.json')
   if os.path.isfile(saved_config):  # What the resume check will compare with.

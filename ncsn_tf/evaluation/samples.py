@@ -27,6 +27,7 @@ from ncsn_tf.runtime import checkpoints
 from ncsn_tf.runtime import devices
 from ncsn_tf.sampling import draw
 from ncsn_tf.sampling import guidance
+from ncsn_tf.sampling import samplers
 
 
 def chain_strip(trajectory, num_rows: int = 4) -> np.ndarray:
@@ -58,6 +59,17 @@ def image_snapshot_hook(config: config_lib.Config):
     writer.flush()
 
   return hook
+
+
+def warn_if_not_finite(samples, config: config_lib.Config) -> int:
+  """Logs a warning naming how many samples hold NaN or infinity (a diverged sampler);
+  returns that count. The samples are written as drawn, so they can be inspected."""
+  bad = int(np.sum(~np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)))
+  if bad:
+    logging.warning('%d of %d samples are not finite: the sampler diverged (%s); lower the '
+                    'step (--step_lr, --snr) or use more steps', bad, len(samples),
+                    samplers.describe(config.sampling))
+  return bad
 
 
 #: Most samples per class shown in the per-class grid (one row per class).
@@ -102,6 +114,7 @@ def sample_run(config: config_lib.Config, state=None) -> str:
   out_dir = os.path.join(config.workdir, SAMPLES_DIR, name)
   if not devices.is_chief(strategy):
     return out_dir
+  warn_if_not_finite(samples, config)
   settings = {**results.sampler_settings(config), 'step': step, 'num_samples': len(samples)}
   with results.writing(config.workdir, SAMPLES_DIR, name, settings) as staging:
     artifacts.write_npz(os.path.join(staging, 'samples.npz'), samples=samples,
@@ -142,6 +155,7 @@ def guided_run(config: config_lib.Config, state=None) -> str:
   labels = guidance.class_labels(s.class_label, num_classes, s.num_samples)
   samples, trajectory = guidance.draw_guided_samples(config, state.score_model, labels,
                                                      seed=config.seed, classifier=classifier)
+  warn_if_not_finite(samples, config)
   name = results.name_of(guidance_part(s), results.sampler_part(s), seed=config.seed, step=step)
   settings = {**results.sampler_settings(config), 'step': step, 'num_samples': len(samples),
               'guidance': s.guidance, 'guidance_scale': s.guidance_scale,

@@ -40,6 +40,8 @@ NATIVE_NOTICE = re.compile(
 #: The warning tf.saved_model.load logs (through absl) per function whose
 #: custom gradients were not saved.
 UNSAVED_GRADIENTS = re.compile(r'Importing a function .* with ops with unsaved custom gradients')
+#: TensorFlow's warning that a tf.function was traced again (polymorphic_function.py).
+RETRACING = re.compile(r'triggered tf\.function retracing')
 #: The level that hides TensorFlow's C++ logs below FATAL.
 QUIET_LEVEL = '3'
 
@@ -146,3 +148,22 @@ def hide_tensorflow_info(handler: logging.Handler):
     return
   tensorflow.get_logger().setLevel(logging.WARNING)
   handler.addFilter(_HideTensorFlowInfo(os.path.dirname(tensorflow.__file__)))
+
+
+class _DropRetracingWarnings(logging.Filter):
+
+  def filter(self, record) -> bool:
+    return not RETRACING.search(record.getMessage())
+
+
+@contextlib.contextmanager
+def expected_retracing():
+  """Inside the block TensorFlow's "triggered tf.function retracing" warnings are dropped:
+  for loops that run a function with new settings on purpose (each a graph of its own,
+  e.g. the sampler comparison of ncsn_tf/lab/), where the warning is not a defect."""
+  logger, drop = logging.getLogger('tensorflow'), _DropRetracingWarnings()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)

@@ -3,8 +3,9 @@
 `ScoreModule` serves every entry of the signature registry
 (serving/signatures.py) that applies to the export, in registry order, plus
 `serving_default` = `score`, beside the variables `sigmas` (the ladder), the
-string `config_json` (the run's Config) and the string `sampler` (the
-sampler's name and settings, e.g. `ode(rtol=1e-05, ...)`). serving/export.py
+string `config_json` (the run's Config), the string `sampler` (the
+sampler's name and settings, e.g. `ode(rtol=1e-05, ...)`) and the int32
+`max_batch` (--export_max_batch: the most examples one request may ask for). serving/export.py
 writes it as a numbered SavedModel version; the signatures' contract is the
 table of saved_models/README.md, generated from the registry.
 
@@ -59,13 +60,16 @@ class ScoreModule(tf.Module):
     self.config_json = tf.Variable(config.to_json(), trainable=False, name='config_json')
     self.sampler = tf.Variable(samplers.describe(config.sampling), trainable=False,
                                name='sampler')
+    self.max_batch = tf.Variable(config.export.max_batch, dtype=tf.int32, trainable=False,
+                                 name='max_batch')
     shape = tuple(data_lib.data_shape(config.data))
     # Not tracked (set past tf.Module's attribute tracking): a tracked Keras 3
     # model adds its own single-input serving function, which this model cannot
     # trace, and its variables would be saved under the Keras wrappers' names
     # (see the module docstring); the traced functions capture what they read.
     self.__dict__['context'] = signatures_lib.ExportContext(
-        config=config, score_model=score_model, sigmas=self.sigmas, data_shape=shape,
+        config=config, score_model=score_model, sigmas=self.sigmas, max_batch=self.max_batch,
+        data_shape=shape,
         sampler=configured.ConfiguredSampler(config, score_model, shape),
         guidance=signatures_lib.guidance_for(score_model, classifier))
     entries = signatures_lib.applicable(self.context)
