@@ -221,7 +221,7 @@ def _batch_within_cap(context: ExportContext, count, what: str):
     return tf.debugging.assert_positive(count, message=f'{what} must be >= 1')
   cap = tf.convert_to_tensor(context.max_batch)
   message = tf.strings.format(
-      what + ' must be in [1, {}] (the export\'s max_batch, --export_max_batch), got {}',
+      what + ' must be in [1, {}] (max_batch of this export: --export_max_batch), got {}',
       (cap, count))
   return tf.debugging.Assert(tf.logical_and(count >= 1, count <= cap), [message])
 
