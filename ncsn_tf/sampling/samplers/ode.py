@@ -2,8 +2,11 @@
 
 dx/dt = f(x, t) − ½ g(t)² ∇ log p_t(x) moves samples of p_T to samples of
 p_0 deterministically (and back: `ode_encode`). It is integrated in t, not in
-σ: DESIGN.md measured the VE ODE stiff in σ near σ_min (over 30,000
-evaluations at rtol 1e-3) and 48 in t.
+σ: for the VE SDE, dx/dσ = −σ ∇log p_σ(x) has a Jacobian of order 1/σ near the
+data (100 at σ_min = 0.01: stiff), while in t the factor g(t)² = 2σ² log(σ_max/σ_min)
+cancels the 1/σ² of the score's Jacobian, leaving an order of log(σ_max/σ_min) (7.6
+for the toy) at every t; the toy's ODE takes 48-66 evaluations at rtol 1e-3
+(docs/sde.md, "Which sampler").
 
 TFP's DormandPrince only integrates towards larger times, so a solve from
 t_start to t_end runs in τ = |t − t_start| ∈ [0, |t_end − t_start|], with
