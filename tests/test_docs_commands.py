@@ -18,8 +18,8 @@ docs is skipped with the docs' reason: a block whose preceding line starts
 "Not run by `make docs-check`:", or a command whose comment says "not run by
 make docs-check: ...". A command whose comment says it runs "until stopped" (a
 server) must still be running after SERVER_SECONDS, and is then stopped. A
-command identical to one already run (a page repeating another's training
-command) is not run twice.
+command identical to one already run, comments aside (a page repeating another's
+training command), is not run twice.
 
 The commands depend on each other (training before sampling), so they run in
 one process, in order: pages that train the runs other pages use come first
@@ -69,6 +69,12 @@ class Command:
   @property
   def id(self) -> str:
     return f'{self.page}:{self.line}'
+
+  @property
+  def words(self) -> tuple:
+    """The command as the shell reads it, comments dropped: two pages' "train first"
+    lines with different comments are one command."""
+    return tuple(shlex.split(self.text, comments=True))
 
 
 def _pages() -> list:
@@ -169,7 +175,7 @@ def _shell(command: Command) -> list:
   return ['bash', '-c', f'set -e\nsource .venv/bin/activate\n{command.text}']
 
 
-_RUN = {}  # command text -> the id of the command that ran it
+_RUN = {}  # Command.words -> the id of the command that ran them
 
 
 def _run_server(command: Command, cwd) -> None:
@@ -190,8 +196,8 @@ def _run_server(command: Command, cwd) -> None:
 def test_the_documented_command_works_as_written(command, scratch):
   if command.skip:
     pytest.skip(f'the docs say: {command.skip}')
-  if command.text in _RUN:
-    pytest.skip(f'the same command ran at {_RUN[command.text]}')
+  if command.words in _RUN:
+    pytest.skip(f'the same command ran at {_RUN[command.words]}')
   if SERVER_MARKER.search(command.text):
     _run_server(command, scratch)
   else:
@@ -200,4 +206,4 @@ def test_the_documented_command_works_as_written(command, scratch):
     output = result.stdout + result.stderr
     assert result.returncode == 0, f'{command.id}: {command.text}\n{output[-4000:]}'
     assert 'Traceback' not in output, f'{command.id}: {command.text}\n{output[-4000:]}'
-  _RUN[command.text] = command.id
+  _RUN[command.words] = command.id
