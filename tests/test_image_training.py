@@ -195,7 +195,7 @@ def test_pictures_of_logit_space_samples_show_the_images(tmp_path):
   # The exact score of a standard normal in logit space: samples spread over ±2.
   from ncsn_tf.models.score_model import ScoreModel
   state = types.SimpleNamespace(score_model=ScoreModel(lambda x, i: -x, [1.0, 0.5], continuous=False),
-                                sigmas=np.array([1.0, 0.5]))
+                                sigmas=np.array([1.0, 0.5]), step=tf.constant(0))
   out_dir = modes.run_sample(config, state)
   samples = np.load(os.path.join(out_dir, 'samples.npz'))['samples']
   assert np.abs(samples).max() > 1.0  # Outside [0, 1]: clipping alone would be wrong.

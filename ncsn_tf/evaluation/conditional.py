@@ -20,6 +20,7 @@ from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime import checkpoints
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import draw
 from ncsn_tf.sampling import inpainting
 from ncsn_tf.sampling import samplers
 
@@ -53,13 +54,15 @@ def _test_images(config: config_lib.Config, num: int) -> np.ndarray:
   return next(iter(make_dataset(None))).numpy()
 
 
-def _draw_under(config: config_lib.Config, state, condition) -> tuple[np.ndarray, int]:
+def _draw_under(config: config_lib.Config, state, condition, desc: str) -> tuple[np.ndarray, int]:
   """Samples with --sampler under `condition` (sampling/conditions.py), one per row of its
-  `known`, from seed [seed, 7]: (samples [M, H, W, C], score evaluations per sample)."""
+  `known`, from seed [seed, 7]: (samples [M, H, W, C], score evaluations per sample).
+  desc names the progress line, which moves with the chain's steps."""
   sampler = configured.ConfiguredSampler(config, state.score_model,
                                          data_lib.data_shape(config.data))
-  samples, _, nfe = sampler.sample(int(condition.known.shape[0]), config.seed,
-                                   index=configured.CONDITIONED_BATCH, condition=condition)
+  samples, _, nfe = draw.sample_one_batch(sampler, int(condition.known.shape[0]), config.seed,
+                                          desc=desc, index=configured.CONDITIONED_BATCH,
+                                          condition=condition)
   return samples.numpy(), int(nfe)
 
 
@@ -82,7 +85,8 @@ def inpaint_run(config: config_lib.Config, state=None) -> str:
     mask = inpainting.mask_from_image(s.inpaint_mask, shape)
   repeated = np.repeat(originals, s.inpaint_completions, axis=0)
   repeated_mask = np.repeat(mask, s.inpaint_completions, axis=0)
-  completions, nfe = _draw_under(config, state, conditions.inpainting(repeated, repeated_mask))
+  completions, nfe = _draw_under(config, state, conditions.inpainting(repeated, repeated_mask),
+                                 'inpaint')
   completions = completions.reshape((shape[0], s.inpaint_completions) + shape[1:])
   masked = originals * mask + 0.5 * (1 - mask)  # Unknown pixels shown grey.
   rows = np.concatenate([originals[:, None], masked[:, None], completions], axis=1)
@@ -129,7 +133,7 @@ def colorize_run(config: config_lib.Config, state=None) -> dict:
   shape = originals.shape
   grey = conditions.grey_of(originals).numpy()
   condition = conditions.colorization(np.repeat(grey, s.inpaint_completions, axis=0))
-  completions, nfe = _draw_under(config, state, condition)
+  completions, nfe = _draw_under(config, state, condition, 'colorize')
   completions = completions.reshape((shape[0], s.inpaint_completions) + shape[1:])
   colour = np.clip(completions, 0.0, 1.0)
   baseline = np.repeat(grey, shape[-1], axis=-1)

@@ -39,6 +39,7 @@ from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime import checkpoints
 from ncsn_tf.runtime.progress import Progress
 from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import draw
 
 #: Seeds of the toy evaluation points and of the dequantisation (apart from training's).
 #: Batch k's Hutchinson probes come from [--seed, k], as the export's `log_likelihood`
@@ -98,12 +99,20 @@ def _score_batches(config, score_model, x, to_metric, name: str):
 
 
 def _model_samples(config, score_model, num: int, shape) -> np.ndarray:
+  """--likelihood_source=samples: `num` samples of --sampler, batch k from the 'likelihood'
+  stream at index k, with a progress line that moves with the chains' steps."""
   sampler = configured.ConfiguredSampler(config, score_model, shape)
   out = []
-  for k, (start, _) in enumerate(_batches(np.zeros(num), config.sampling.sample_batch_size)):
-    size = min(config.sampling.sample_batch_size, num - start)
-    samples, _, _ = sampler.sample(size, config.seed, index=k, stream='likelihood')
-    out.append(samples.numpy())
+  with Progress('likelihood samples', num) as progress:
+    try:
+      for k, (start, _) in enumerate(_batches(np.zeros(num), config.sampling.sample_batch_size)):
+        size = min(config.sampling.sample_batch_size, num - start)
+        draw.STEP_PROGRESS.target(progress, start, size)
+        samples, _, _ = sampler.sample(size, config.seed, index=k, stream='likelihood',
+                                       callback=draw.STEP_PROGRESS)
+        out.append(samples.numpy())
+    finally:
+      draw.STEP_PROGRESS.target(None)
   return np.concatenate(out)
 
 
@@ -231,8 +240,9 @@ def result_name(config: config_lib.Config, step: int) -> str:
 
 
 def write_result(config: config_lib.Config, step: int, result: dict) -> str:
-  """<workdir>/likelihood/<result_name>/: likelihood.json (the result) and, for images,
-  per_example.npz: every image's bits/dim, to rank or re-check.
+  """<workdir>/likelihood/<result_name>/: likelihood.json (the result, with 'step' and
+  'result_dir' added to `result`) and, for images, per_example.npz (popped from `result`):
+  every image's bits/dim, to rank or re-check.
 
   per_example.npz arrays: pixels uint8 [N, H, W, C] (the scored images), inputs
   float32 [N, H, W, C] (repeat 0's dequantised model inputs: batch k of
@@ -242,12 +252,13 @@ def write_result(config: config_lib.Config, step: int, result: dict) -> str:
   """
   name = result_name(config, step)
   arrays = result.pop('per_example', None)
+  result.update(step=step, result_dir=os.path.join(config.workdir, LIKELIHOOD_DIR, name))
   with results.writing(config.workdir, LIKELIHOOD_DIR, name,
                        {'step': step, 'seed': config.seed, **ode_settings(config)}) as staging:
     if arrays is not None:
       artifacts.write_npz(os.path.join(staging, 'per_example.npz'), **arrays)
-    artifacts.write_json(os.path.join(staging, 'likelihood.json'), {'step': step, **result})
-  return os.path.join(config.workdir, LIKELIHOOD_DIR, name)
+    artifacts.write_json(os.path.join(staging, 'likelihood.json'), result)
+  return result['result_dir']
 
 
 def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
@@ -271,7 +282,7 @@ def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
     if path is not None:
       step = checkpoints.restore_step(state, path)
     result = score(config, state.score_model)
-    result['result_dir'] = write_result(config, step, result)
+    write_result(config, step, result)
     with writer.as_default(step=step):
       key = 'nll_nats' if config.data.is_toy else 'bits_per_dim'
       tf.summary.scalar(f'eval/likelihood_{key}', result[key])

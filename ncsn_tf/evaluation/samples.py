@@ -5,8 +5,9 @@ with --guidance one row per class, to a result directory of <workdir>/samples/
 (or samples_guided/) named for the sampler, its settings, the guidance, the
 seed and the checkpoint step (evaluation/results.py): samples.npz, a picture
 (toys: the chain's scatter; images: a grid and the chain as a GIF) and, where
-the dataset has a clean judge (ncsn_tf/catalog.py), its verdict. `image_snapshot_hook` puts a grid and the chain into TensorBoard
-at every checkpoint during training.
+the dataset has a clean judge (ncsn_tf/catalog.py), its verdict.
+`image_snapshot_hook` puts a grid and the chain into TensorBoard at every
+checkpoint during training.
 """
 
 
@@ -122,7 +123,8 @@ def sample_run(config: config_lib.Config, state=None) -> str:
     if config.data.is_toy:
       radius = toy.get_toy(config.data.dataset).plot_radius
       frames = {f'{k + 1}/{len(trajectory)}': t for k, t in enumerate(trajectory)}
-      title = f'{config.sampling.sampler} chain' if len(trajectory) > 1 else \
+      # Annealed Langevin keeps its chain; the SDE samplers only their last state.
+      title = 'annealed Langevin chain' if len(trajectory) > 1 else \
           f'{config.sampling.sampler} samples'
       plots.save_figure(plots.samples_figure(frames, radius, title),
                         os.path.join(staging, 'chain.png'))

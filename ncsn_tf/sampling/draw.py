@@ -89,3 +89,18 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
       progress.close()
   result = np.concatenate(outputs), np.concatenate(trajectories, axis=1)
   return (*result, nfe) if return_nfe else result
+
+
+def sample_one_batch(sampler: configured.ConfiguredSampler, num: int, seed, *, desc: str,
+                     **kwargs):
+  """sampler.sample(num, seed, **kwargs) with a progress line `desc` over its rows that
+  moves with every step of the chain (a conditioned batch of inpainting or
+  colourisation is one long chain)."""
+  with Progress(desc, num) as progress:
+    STEP_PROGRESS.target(progress, 0, num)
+    try:
+      result = sampler.sample(num, seed, callback=STEP_PROGRESS, **kwargs)
+    finally:
+      STEP_PROGRESS.target(None)
+    progress.update(num)
+  return result
