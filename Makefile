@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # itself when the variable is unset (Python warnings and errors still show), and
 # respects it when set: `TF_CPP_MIN_LOG_LEVEL=0 make demo` shows everything.
 
-.PHONY: demo test test-all bench soak clean
+.PHONY: demo test test-all docs-check bench soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,17 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -m "not slow and not docs_check" -q -n $(TEST_WORKERS) --dist worksteal
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -m "not docs_check" -q -n $(TEST_WORKERS) --dist worksteal
+
+# Every shell command of README.md and docs/ as written, in order, in a scratch
+# directory after `make demo`, with the work shrunk by NCSN_TF_EXTRA_FLAGS
+# (tests/test_docs_commands.py; docs/usage.md). One process: the commands build
+# on each other.
+docs-check: $(STAMP)
+	$(PY) -m pytest -m docs_check -q tests/test_docs_commands.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)

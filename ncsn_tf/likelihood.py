@@ -40,6 +40,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from ncsn_tf.sampling.samplers.ode import MAX_SOLVER_STEPS
+
 #: Bits/dim of the uniform density on [0, 1)^D in 8-bit pixel units: log2(256).
 UNIFORM_BPD = 8.0
 
@@ -161,7 +163,7 @@ def _solve_joint(score_fn, sde, x, probes, num_probes, dims, eps, rtol, atol):
     del tape
     return dx, divergence
 
-  solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol)
+  solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol, max_num_steps=MAX_SOLVER_STEPS)
   # The error norm spans x and the running integral: the log-density gets
   # the same tolerance as the path (it is what we want accurate).
   initial = (x, tf.zeros([batch], tf.float32))
@@ -181,7 +183,9 @@ def log_likelihood_parts(score_fn, sde, x, seed=None, *, exact_trace=False, hutc
   """
   eps = _check_settings(sde, exact_trace=exact_trace, hutchinson_probes=hutchinson_probes,
                         probe=probe, rtol=rtol, atol=atol, eps=eps, seed=seed)
-  x = tf.convert_to_tensor(x, tf.float32)
+  # A non-finite x never lets the adaptive solver converge: refuse it (InvalidArgument).
+  x = tf.debugging.check_numerics(tf.convert_to_tensor(x, tf.float32),
+                                  'likelihood x must be finite')
   _check(x.shape.rank is not None and x.shape.rank >= 2 and x.shape[1:].is_fully_defined(),
          f'likelihood x must be [N, ...] with known data axes, got shape {x.shape}')
   dims = int(np.prod(x.shape[1:]))
@@ -238,6 +242,7 @@ def log_likelihood(score_fn, sde, x, seed=None, *, exact_trace=False, hutchinson
     ValueError (one line): rtol or atol <= 0, eps outside (0, T),
       hutchinson_probes < 1 or not an integer, an unknown probe, no seed for
       Hutchinson, x without a data axis, exact_trace over MAX_EXACT_TRACE_DIMS.
+    tf.errors.InvalidArgumentError: x not finite, or a solve past MAX_SOLVER_STEPS.
   """
   parts = log_likelihood_parts(score_fn, sde, x, seed, exact_trace=exact_trace,
                                hutchinson_probes=hutchinson_probes, probe=probe, rtol=rtol,

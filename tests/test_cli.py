@@ -11,10 +11,13 @@ from conftest import REPO_ROOT
 TOY = os.path.join(REPO_ROOT, 'tf_configs', 'toy_gmm.cfg')
 
 
-def run_cli(*args, cwd=REPO_ROOT, timeout=600):
+def run_cli(*args, cwd=REPO_ROOT, timeout=600, env_extra=None):
   # The user's environment: TF_CPP_MIN_LOG_LEVEL unset, so run.py keeps TensorFlow's
   # start-up notices off the console (errors found after TensorFlow loads stay one line).
-  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  # NCSN_TF_EXTRA_FLAGS only when a test asks for it (the docs check sets it for its runs).
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'NCSN_TF_EXTRA_FLAGS')}
+  env.update(env_extra or {})
   return subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'run.py'), *args], cwd=cwd,
                         capture_output=True, text=True, timeout=timeout, env=env)
 

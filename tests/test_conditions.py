@@ -301,7 +301,8 @@ def test_colorize_and_inpaint_modes_run_through_the_configured_sampler(tmp_path)
       '--inpaint_completions=2', f'--workdir={tmp_path}/run')
   state = checkpoints.create_state(config, tf.distribute.get_strategy())
   result = modes.run_colorize(config, state)
-  out_dir = tmp_path / 'run' / 'colorization'
+  out_dir = tmp_path / 'run' / 'colorization' / 'latest'
+  assert os.path.samefile(out_dir, result['result_dir'])
   assert {'colorization.png', 'colorization.npz', 'colorization.json'} <= set(os.listdir(out_dir))
   arrays = np.load(out_dir / 'colorization.npz')
   originals, grey, completions = arrays['originals'], arrays['grey'], arrays['completions']

@@ -131,12 +131,12 @@ def test_every_flag_of_before_exists_with_its_kind_and_default():
 
 
 def test_resume_safe_fields_are_those_of_before():
-  # Later settings may add resume-safe fields (the SDE samplers' and the evaluation's settings, the
+  # Later settings may add resume-safe fields (the SDE samplers', the evaluation's and the export's settings, the
   # VE prior's mean, which training never reads); none of before may become
   # unsafe, nor another model, data or training field safe.
   added = config_lib.RESUME_SAFE_FIELDS - RESUME_SAFE_BEFORE
   assert config_lib.RESUME_SAFE_FIELDS >= RESUME_SAFE_BEFORE
-  assert all(f.startswith(('sampling.', 'eval.')) or f in ('model.prior_mean', 'extensions')
+  assert all(f.startswith(('sampling.', 'eval.', 'export.')) or f in ('model.prior_mean', 'extensions')
              for f in added), added
 
 

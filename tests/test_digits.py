@@ -248,12 +248,12 @@ def test_the_digits_flagfile_trains_judges_both_sample_sets_and_exports(tmp_path
                    '--train_minutes=0', '--snapshot_freq=2', '--log_freq=1', '--heldout_batches=1',
                    '--sampling_steps=2', '--num_samples=20', '--sample_batch_size=20')
   assert result.returncode == 0, result.stderr[-3000:]
-  plain = np.load(workdir / 'samples' / 'samples.npz')
-  guided = np.load(workdir / 'samples_guided' / 'samples.npz')
+  plain = np.load(workdir / 'samples' / 'latest' / 'samples.npz')
+  guided = np.load(workdir / 'samples_guided' / 'latest' / 'samples.npz')
   assert plain['samples'].shape == guided['samples'].shape == (20, 8, 8, 1)
   assert 'labels' not in plain.files and guided['labels'].tolist() == sorted(list(range(10)) * 2)
   for name in ('samples', 'samples_guided'):
-    judged = json.loads((workdir / name / 'digit_judgement.json').read_text())
+    judged = json.loads((workdir / name / 'latest' / 'digit_judgement.json').read_text())
     assert judged['samples']['num_images'] == 20 and judged['test_digits']['num_images'] == 355
     assert ('class_accuracy' in judged['samples']) == (name == 'samples_guided')
     assert judged['classifier']['test_accuracy'] > 0.95

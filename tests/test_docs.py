@@ -156,3 +156,27 @@ def test_flagfile_comments_cite_docs_sections_that_exist(cfg):
   for page, section in re.findall(r'(docs/[\w.-]+\.md), "([^"]+)"', _read(cfg)):
     assert github_slug(section) in anchors(_read(page)), f'{cfg}: no section "{section}" in {page}'
 
+
+
+def _shipped_text_files() -> list[str]:
+  """Everything the project ships that a reader reads: code, tests, flagfiles, docs, build."""
+  files = _sources() + _markdown_files() + ['Makefile', '.ci/run', 'setup.cfg']
+  for pattern in ('tests/*.py', 'tf_configs/*.cfg', '*/README.md'):
+    files += glob.glob(pattern, root_dir=REPO_ROOT)
+  return sorted(set(files))
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+  """A page, comment or docstring that names a note (README.md, RESULTS.md: upper-case
+  markdown names; lower-case ones are files that runs write) names one of the repository's:
+  a design note kept elsewhere is no evidence a reader can check. Nothing points into a
+  directory beside the checkout."""
+  ours = {os.path.basename(p) for p in glob.glob('**/*.md', root_dir=REPO_ROOT, recursive=True)}
+  outside = '../' + 'shared'
+  found = []
+  for source in _shipped_text_files():
+    for number, line in enumerate(_read(source).splitlines(), 1):
+      names = set(re.findall(r'(?<![\w/-])([A-Z][A-Z0-9_-]*\.md)\b', line)) - ours
+      if names or outside in line:
+        found.append(f'{source}:{number}: {line.strip()}')
+  assert not found, 'citations of files outside the repository:\n' + '\n'.join(found)

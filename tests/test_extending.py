@@ -78,9 +78,9 @@ def test_the_documented_command_trains_samples_and_exports_with_the_extension(ex
   assert (config['data']['dataset'], config['model']['sde'], config['sampling']['sampler']) == (
       'stripes', 'velinear', 'euler')
   assert config['extensions'] == module
-  samples = np.load(workdir / 'samples' / 'samples.npz')['samples']
+  samples = np.load(workdir / 'samples' / 'latest' / 'samples.npz')['samples']
   assert samples.shape == (6, 8, 8, 1) and np.all(np.isfinite(samples))
-  guided = np.load(workdir / 'samples_guided' / 'samples.npz')
+  guided = np.load(workdir / 'samples_guided' / 'latest' / 'samples.npz')
   assert guided['samples'].shape[1:] == (8, 8, 1) and set(guided['labels']) == {0, 1}
   assert os.listdir(export_dir) == ['1']
 

@@ -136,8 +136,8 @@ def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
   result = run_cli(*common, '--train_steps=4', '--snapshot_freq=2', '--log_freq=2',
                    '--heldout_batches=1', '--summary_samples=4')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert {'samples.npz', 'samples.png', 'chain.gif'} <= set(os.listdir(workdir / 'samples'))
-  samples = np.load(workdir / 'samples' / 'samples.npz')
+  assert {'samples.npz', 'samples.png', 'chain.gif'} <= set(os.listdir(workdir / 'samples' / 'latest'))
+  samples = np.load(workdir / 'samples' / 'latest' / 'samples.npz')
   assert samples['samples'].shape == (8, 16, 16, 3)
   assert samples['trajectory'].shape == (4, 8, 16, 16, 3)
   with open(workdir / 'samples' / 'shape_fit.json') as f:
@@ -154,9 +154,9 @@ def test_shapes_cli_trains_samples_inpaints_and_exports(tmp_path):
 
   result = run_cli(*common, '--mode=inpaint', '--num_inpaint_images=2', '--inpaint_completions=2')
   assert result.returncode == 0, result.stderr[-3000:]
-  arrays = np.load(workdir / 'inpainting' / 'inpainting.npz')
+  arrays = np.load(workdir / 'inpainting' / 'latest' / 'inpainting.npz')
   assert arrays['completions'].shape == (2, 2, 16, 16, 3)
-  assert os.path.exists(workdir / 'inpainting' / 'inpainting.png')
+  assert os.path.exists(workdir / 'inpainting' / 'latest' / 'inpainting.png')
 
   out = subprocess.run([sys.executable, '-c', SIGNATURE_SCRIPT, str(export_dir / '1')],
                        capture_output=True, text=True)
@@ -195,7 +195,7 @@ def test_pictures_of_logit_space_samples_show_the_images(tmp_path):
   # The exact score of a standard normal in logit space: samples spread over ±2.
   from ncsn_tf.models.score_model import ScoreModel
   state = types.SimpleNamespace(score_model=ScoreModel(lambda x, i: -x, [1.0, 0.5], continuous=False),
-                                sigmas=np.array([1.0, 0.5]))
+                                sigmas=np.array([1.0, 0.5]), step=tf.constant(0))
   out_dir = modes.run_sample(config, state)
   samples = np.load(os.path.join(out_dir, 'samples.npz'))['samples']
   assert np.abs(samples).max() > 1.0  # Outside [0, 1]: clipping alone would be wrong.

@@ -136,8 +136,8 @@ MIXTURE = toy.paper_mixture()
 # Centred at the data mean 0.2·(−5) + 0.8·5 = 3 and σ_max = 100: p_T is the
 # mixture with covariance I + 100² I, whose spread beyond π = N(3, 100² I) is
 # the between-mode covariance (16 per coordinate): log π − log p_T is ~1e-3 at
-# typical latents. With score_sde's prior at 0 and σ_max = 20 (DESIGN.md) it
-# is 0.17 nats on average (measured), which is the prior, not the solver.
+# typical latents. With score_sde's prior at 0 and σ_max = 20 it is 0.18 nats
+# per point on average (measured; docs/likelihood.md), which is the prior, not the solver.
 VE_MIXTURE = noise.VESDE(0.01, 100.0, prior_mean=3.0)
 
 

@@ -86,7 +86,7 @@ def test_continuous_mlp_config_round_trips_with_the_same_frequencies():
 
 
 def test_continuous_mlp_learns_the_paper_mixture_with_continuous_dsm():
-  # DESIGN.md's recipe cut to 300 steps: Adam 1e-3, batch 256, log-uniform σ in
+  # tf_configs/toy_gmm_sde.cfg's recipe cut to 300 steps: Adam 1e-3, batch 256, log-uniform σ in
   # [0.01, 20]. The loss is measured on one fixed batch and one fixed draw of
   # (σ, z), so before/after/exact differ only through the score. Measured: the
   # exact score's loss 0.63, untrained 5.9, trained 0.71 (~5 s on a shared core);

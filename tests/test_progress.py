@@ -1,6 +1,7 @@
-"""The progress line's rate and ETA, on a controlled clock."""
+"""The progress line's rate and ETA, on a controlled clock; the heartbeat of silent work."""
 
 import io
+import time
 
 from ncsn_tf.runtime import progress as progress_lib
 
@@ -22,7 +23,7 @@ def _progress(monkeypatch, *args, **kwargs):
   clock = _Clock()
   monkeypatch.setattr(progress_lib.time, 'time', clock)
   stream = io.StringIO()
-  return clock, stream, progress_lib.Progress(*args, stream=stream, **kwargs)
+  return clock, stream, progress_lib.Progress(*args, stream=stream, heartbeat=False, **kwargs)
 
 
 def _lines(stream):
@@ -66,3 +67,28 @@ def test_a_time_budget_shortens_the_eta(monkeypatch):
   clock.now += 100.0  # Past the budget: not a negative ETA.
   progress.update(200)
   assert _lines(stream)[-1].endswith('eta 0s')
+
+
+def test_off_a_terminal_a_line_comes_at_most_every_ten_seconds_by_default(monkeypatch):
+  clock, stream, progress = _progress(monkeypatch, 'sample', 100)
+  for done in range(1, 60):
+    clock.now += 0.5
+    progress.update(done)
+  assert [line.split()[2] for line in _lines(stream)] == ['1/100', '21/100', '41/100']
+
+
+def test_the_heartbeat_reprints_the_line_while_nothing_reports(monkeypatch):
+  """Work without steps to report (an adaptive solve, a SavedModel being written) still
+  shows a line every HEARTBEAT_SECONDS, with the time elapsed; close() stops it."""
+  monkeypatch.setattr(progress_lib, 'HEARTBEAT_SECONDS', 0.05)
+  stream = io.StringIO()
+  progress = progress_lib.Progress('export', 3, stream=stream)
+  progress.update(1, stage='saving')
+  time.sleep(0.5)
+  progress.close()
+  lines = _lines(stream)
+  assert len(lines) >= 3, lines
+  assert all(line.startswith('export [########') and line.endswith('stage=saving')
+             for line in lines), lines
+  time.sleep(0.2)
+  assert _lines(stream) == lines  # Closed: silent.

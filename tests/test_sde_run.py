@@ -218,10 +218,10 @@ def test_shapes_sde_cli_trains_a_continuous_unet_samples_with_heun_and_exports(t
                    '--heldout_batches=1', '--summary_samples=2', '--sampling_steps=4',
                    '--num_samples=4', '--sample_batch_size=4')
   assert result.returncode == 0, result.stderr[-3000:]
-  samples = np.load(workdir / 'samples' / 'samples.npz')
+  samples = np.load(workdir / 'samples' / 'latest' / 'samples.npz')
   assert samples['samples'].shape == (4, 16, 16, 3) and np.all(np.isfinite(samples['samples']))
   assert samples['trajectory'].shape == (1, 4, 16, 16, 3)  # Heun keeps no chain.
-  assert (workdir / 'samples' / 'shape_fit.json').exists()
+  assert (workdir / 'samples' / 'latest' / 'shape_fit.json').exists()
   loaded = tf.saved_model.load(str(export_dir / '1'))
   assert set(loaded.signatures) == {'score', 'score_sigma', 'sample', 'inpaint', 'colorize',
                                     'serving_default', 'log_likelihood'}
@@ -237,8 +237,12 @@ def test_likelihood_mode_writes_nats_beside_the_exact_values_and_the_export_agre
   result = run_cli(*common, '--mode=likelihood', '--exact_trace', '--likelihood_examples=64',
                    '--eval_batch_size=32')
   assert result.returncode == 0, result.stderr[-3000:]
+  latest = tmp_path / 'run' / 'likelihood' / 'latest'
+  assert os.readlink(latest) == ('data=fresh,exact_trace,rtol=0.001,atol=0.001,eps=1e-05,'
+                                 'examples=64,seed=0,step=300')
+  step = json.loads((latest / 'likelihood.json').read_text())
   metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
-  step = metrics['likelihood']['300']
+  assert metrics['likelihood'][os.readlink(latest)] == step
   assert step['num_examples'] == 64 and len(step['nfe_per_batch']) == 2
   assert np.isfinite(step['nll_nats']) and np.isfinite(step['exact_nll_nats'])
   assert step['settings']['exact_trace'] and step['settings']['rtol'] == 1e-3
@@ -297,7 +301,7 @@ def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
   assert np.isfinite(result['bits_per_dim']) and result['bits_per_dim'] > 0
   assert result['baselines']['uniform'] == 8.0
   assert 0 < result['baselines']['gaussian_full_covariance'] < 8
-  per_example = np.load(result['per_example_file'])
+  per_example = np.load(os.path.join(result['result_dir'], 'per_example.npz'))
   assert per_example['bits_per_dim'].shape == (2, 8)
   np.testing.assert_allclose(per_example['bits_per_dim'].mean(), result['bits_per_dim'], rtol=1e-5)
   # The export answers as the mode did for the same images and seed, in a fresh

@@ -134,11 +134,12 @@ def test_samplers_reproduce_the_paper_mixture(sde_name, sampler):
 
 
 def test_the_ve_prior_at_the_data_mean_removes_the_deterministic_samplers_weight_bias():
-  """DESIGN.md's finding, with exact scores: N(0, σ_max²) sits 3√2 off p_T's centre (3, 3).
+  """The uncentred VE prior, with exact scores: N(0, σ_max²) sits 3√2 off p_T's centre (3, 3).
 
   Heun cannot mix, so it carries the offset into the weights: it predicts
-  0.26 for the (−5, −5) mode (measured 0.26-0.30 in DESIGN.md); centred on
-  the data mean it predicts 0.19. Tolerances: 0.03 (4.7 SE at 4000 samples).
+  0.26 for the (−5, −5) mode (true 0.2; the learned ODE gave the same, docs/sde.md
+  "The prior"); centred on the data mean it predicts 0.19. Tolerances: 0.03
+  (4.7 SE at 4000 samples).
   """
   mixture, _, _ = case('mixture', 've')
   weights = {}

@@ -283,11 +283,16 @@ def _check_saved_model_cli_show_lists_the_sde_signatures_and_the_sampler(path):
 
 
 def _check_bad_condition_inputs_fail_before_sampling(path, inputs):
-  """A mask of the wrong shape, images outside [0, 1], a colourisation input that is
-  neither grey nor RGB: each one error naming the signature and what is wrong."""
+  """A mask of the wrong shape or with NaN, images outside [0, 1], more images than the
+  export's max_batch (default 1024), a colourisation input that is neither grey nor RGB:
+  each one error naming the signature and what is wrong."""
   loaded = tf.saved_model.load(path)
   images, mask, seed = inputs['inpaint/images'], inputs['inpaint/mask'], tf.constant(0)
+  many = np.zeros((1025,) + images.shape[1:], np.float32)
   for signature, feed, message in (
+      ('inpaint', dict(images=many, mask=many), 'inpaint: the batch of images must be in [1, 1024]'),
+      ('inpaint', dict(images=images, mask=mask * np.nan), 'inpaint: mask must be 0 (unknown) or 1'),
+      ('colorize', dict(images=many), 'colorize: the batch of images must be in [1, 1024]'),
       ('inpaint', dict(images=images, mask=mask[:1]), 'inpaint: images and mask need the same shape'),
       ('inpaint', dict(images=images, mask=0.5 * mask), 'inpaint: mask must be 0 (unknown) or 1'),
       ('inpaint', dict(images=images + 1.0, mask=mask), 'inpaint: images must be in [0, 1]'),

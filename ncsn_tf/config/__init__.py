@@ -8,6 +8,6 @@ from ncsn_tf.config.schema import (  # noqa: F401
     ModelConfig, TrainConfig, SamplingConfig, ExportConfig, EvalConfig, Config, GROUPS, Setting,
     settings)
 from ncsn_tf.config.validate import (  # noqa: F401
-    validate, tf_config_cluster, num_workers)
+    validate, tf_config_cluster, num_workers, read_json)
 from ncsn_tf.config.resume import (  # noqa: F401
     RESUME_SAFE_FIELDS, resume_mismatches)

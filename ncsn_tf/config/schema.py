@@ -14,8 +14,19 @@ import os
 
 from ncsn_tf import catalog
 
-MODES = ('train', 'sample', 'eval', 'export', 'experiment', 'inpaint', 'colorize', 'stats',
-         'likelihood')
+#: --mode values and what each does (the flag's help is made from this table).
+MODE_HELP = {
+    'train': 'train (or resume), then sample, evaluate and export',
+    'sample': 'samples of the latest checkpoint',
+    'eval': 'metrics of checkpoints (toys: exact; images: IS/FID/KID and held-out loss)',
+    'export': 'a new SavedModel version',
+    'experiment': 'the score-matching lab (toys)',
+    'inpaint': 'complete masked test images',
+    'colorize': 'colour grey test images (RGB)',
+    'stats': 'FID reference statistics of a dataset split',
+    'likelihood': 'exact log-likelihoods by the probability-flow ODE (continuous-σ models)',
+}
+MODES = tuple(MODE_HELP)
 
 
 #: --inception_kind values: the network whose features FID/IS/KID use (ncsn_tf/evaluation/images.py).
@@ -321,6 +332,11 @@ class ExportConfig:
   """The SavedModel export (ncsn_tf/serving/)."""
   export_dir: str = setting('', 'SavedModel root; default saved_models/<config name>.',
                             resume_safe=True, derived=os.path.join('saved_models', '{name}'))
+  max_batch: int = setting(
+      1024, 'The most examples one served request may ask for (num_samples, or N of x, images '
+      'or labels); a larger request fails with InvalidArgument instead of allocating without '
+      'bound. Stored in the export (the variable max_batch).', flag='export_max_batch',
+      resume_safe=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,8 +388,7 @@ class Config:
   workdir: str = setting('', 'Run directory; default runs/<config name>.', resume_safe=True,
                          derived=os.path.join('runs', '{name}'))
   mode: str = setting(
-      'train', 'train (then sample, evaluate, export), sample, eval, export, experiment (toy lab), '
-      'inpaint (images), colorize (RGB images) or stats (FID reference statistics of a dataset split).',
+      'train', '; '.join(f'{mode}: {what}' for mode, what in MODE_HELP.items()) + '.',
       choices=MODES, enum=True, resume_safe=True)
   seed: int = setting(0, 'Global seed: data, noise levels, Langevin noise.')
   experiment: str = setting('all', 'With --mode=experiment: the score-matching lab figure/table to make.',

@@ -9,11 +9,18 @@ SDEs and samplers exist and what they can do) is checked by their own
 """
 
 import json
+import math
 import os
+
+from PIL import Image
 
 from ncsn_tf import catalog
 from ncsn_tf.config import extensions
 from ncsn_tf.config import schema
+
+
+#: The largest int32: sizes stored in an export are int32 tensors.
+_INT32_MAX = 2**31 - 1
 
 
 def _require(condition: bool, flag: str, message: str):
@@ -36,6 +43,7 @@ def validate(config: schema.Config) -> schema.Config:
       value = s.get(config)
       _require(value in s.choices, s.flag,
                f'must be one of {", ".join(s.choices)}, got {value!r}')
+  _require_finite_numbers(config)
   _require(bool(config.workdir), 'workdir', 'must not be empty')
   _require(config.seed >= 0, 'seed', f'must be >= 0, got {config.seed}')
   if config.mode == 'inpaint':
@@ -59,9 +67,48 @@ def validate(config: schema.Config) -> schema.Config:
   _validate_labels(config)
   _validate_eval(config)
   _require(bool(config.export.export_dir), 'export_dir', 'must not be empty')
+  _require(1 <= config.export.max_batch <= _INT32_MAX, 'export_max_batch',
+           f'must be in [1, {_INT32_MAX}] (an int32 in the export), got {config.export.max_batch}')
   _require_writable_dir(config.workdir, 'workdir')
+  saved_config = os.path.join(config.workdir, 'config.json')
+  if os.path.isfile(saved_config):  # What the resume check will compare with.
+    read_json(saved_config, 'workdir')
   _require_writable_dir(config.export.export_dir, 'export_dir')
   return config
+
+
+def _require_finite_numbers(config: schema.Config):
+  """Every float setting is a finite number: NaN passes every `>` and `<` check below
+  (each comparison is False, and most checks are written as "refuse if x <= 0"), and
+  no setting of the package means anything at infinity (time limits use 0 for none)."""
+  for s in schema.settings():
+    if s.value_type is float:
+      value = s.get(config)
+      _require(value is not None and math.isfinite(value), s.flag,
+               f'must be a finite number, got {value}')
+
+
+def _require_image_file(path: str, flag: str):
+  """`path` decodes as an image (PIL reads the whole file, not just its header)."""
+  try:
+    with Image.open(path) as image:
+      image.load()
+  except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for undecodable files
+    _require(False, flag, f'{path!r} does not decode as an image ({type(e).__name__}: '
+             f'{str(e).splitlines()[0] if str(e) else "unreadable"})')
+
+
+def read_json(path: str, flag: str) -> dict:
+  """The JSON object in `path` (a run's config.json), or a one-line ConfigError naming
+  the flag and the file."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise schema.ConfigError(f'--{flag}: {path} is not readable JSON ({e}); restore it from a '
+                             'copy, or use a new directory') from None
+  _require(isinstance(value, dict), flag, f'{path} holds no JSON object')
+  return value
 
 
 def _require_writable_dir(path: str, flag: str):
@@ -200,6 +247,8 @@ def _validate_sampling(sampling: schema.SamplingConfig):
   kinds = ('right', 'left', 'top', 'bottom', 'center', 'random')
   _require(sampling.inpaint_mask in kinds or os.path.isfile(sampling.inpaint_mask), 'inpaint_mask',
            f'must be one of {", ".join(kinds)} or an existing image file, got {sampling.inpaint_mask!r}')
+  if sampling.inpaint_mask not in kinds:
+    _require_image_file(sampling.inpaint_mask, 'inpaint_mask')
 
 
 def _validate_continuous(config: schema.Config):
@@ -264,6 +313,9 @@ def _validate_labels(config: schema.Config):
     _require(m.noise_embedding == 'fourier', 'class_conditional',
              'needs a continuous-σ network (--noise_embedding=fourier, --model=mlp or unet)')
   _require(s.guidance_scale >= 0, 'guidance_scale', f'must be >= 0, got {s.guidance_scale}')
+  _require(s.class_label == -1 or s.guidance != 'none' or t.task == 'classifier', 'class_label',
+           f'{s.class_label} applies to guided sampling: pass --guidance=free (a '
+           '--class_conditional network) or --guidance=classifier with it')
   if s.guidance == 'none' or t.task == 'classifier':
     return
   _require(classes > 0, 'guidance', unlabelled)
@@ -283,8 +335,7 @@ def _validate_labels(config: schema.Config):
   _require(os.path.isfile(os.path.join(wd, 'checkpoints', 'checkpoint')), 'classifier_workdir',
            f'{wd!r} holds no checkpoint: train the classifier first (--task=classifier '
            f'--workdir={wd})')
-  with open(os.path.join(wd, 'config.json')) as f:
-    saved = json.load(f)
+  saved = read_json(os.path.join(wd, 'config.json'), 'classifier_workdir')
   _require(saved.get('train', {}).get('task') == 'classifier', 'classifier_workdir',
            f'{wd!r} is not a --task=classifier run')
   ours = {k: getattr(config.data, k) for k in _CLASSIFIER_DATA_FIELDS}

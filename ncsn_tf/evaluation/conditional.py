@@ -15,12 +15,18 @@ from absl import logging
 from ncsn_tf import config as config_lib
 from ncsn_tf import plots
 from ncsn_tf.data import pipeline as data_lib
+from ncsn_tf.evaluation import results
 from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime import checkpoints
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import draw
 from ncsn_tf.sampling import inpainting
 from ncsn_tf.sampling import samplers
+
+
+#: The result directories of the two modes (evaluation/results.py).
+INPAINTING_DIR, COLORIZATION_DIR = 'inpainting', 'colorization'
 
 
 def _rmse(a, b) -> float:
@@ -48,13 +54,15 @@ def _test_images(config: config_lib.Config, num: int) -> np.ndarray:
   return next(iter(make_dataset(None))).numpy()
 
 
-def _draw_under(config: config_lib.Config, state, condition) -> tuple[np.ndarray, int]:
+def _draw_under(config: config_lib.Config, state, condition, desc: str) -> tuple[np.ndarray, int]:
   """Samples with --sampler under `condition` (sampling/conditions.py), one per row of its
-  `known`, from seed [seed, 7]: (samples [M, H, W, C], score evaluations per sample)."""
+  `known`, from seed [seed, 7]: (samples [M, H, W, C], score evaluations per sample).
+  desc names the progress line, which moves with the chain's steps."""
   sampler = configured.ConfiguredSampler(config, state.score_model,
                                          data_lib.data_shape(config.data))
-  samples, _, nfe = sampler.sample(int(condition.known.shape[0]), config.seed,
-                                   index=configured.CONDITIONED_BATCH, condition=condition)
+  samples, _, nfe = draw.sample_one_batch(sampler, int(condition.known.shape[0]), config.seed,
+                                          desc=desc, index=configured.CONDITIONED_BATCH,
+                                          condition=condition)
   return samples.numpy(), int(nfe)
 
 
@@ -62,9 +70,10 @@ def inpaint_run(config: config_lib.Config, state=None) -> str:
   """Completes --num_inpaint_images test images under --inpaint_mask, with --sampler.
 
   Every sampler accepts the inpainting condition (sampling/conditions.py, docs/controllable.md).
-  Writes <workdir>/inpainting/inpainting.png: one row per image with the
-  original, the masked input and --inpaint_completions completions, and
-  inpainting.npz with the arrays.
+  Writes <workdir>/inpainting/mask=M,<sampler and settings>,seed=S,step=N/
+  (evaluation/results.py; inpainting/latest points to it): inpainting.png, one
+  row per image with the original, the masked input and --inpaint_completions
+  completions, and inpainting.npz with the arrays. Returns that directory.
   """
   state = state or checkpoints.restore_for_inference(config)
   s = config.sampling
@@ -76,17 +85,28 @@ def inpaint_run(config: config_lib.Config, state=None) -> str:
     mask = inpainting.mask_from_image(s.inpaint_mask, shape)
   repeated = np.repeat(originals, s.inpaint_completions, axis=0)
   repeated_mask = np.repeat(mask, s.inpaint_completions, axis=0)
-  completions, nfe = _draw_under(config, state, conditions.inpainting(repeated, repeated_mask))
+  completions, nfe = _draw_under(config, state, conditions.inpainting(repeated, repeated_mask),
+                                 'inpaint')
   completions = completions.reshape((shape[0], s.inpaint_completions) + shape[1:])
   masked = originals * mask + 0.5 * (1 - mask)  # Unknown pixels shown grey.
   rows = np.concatenate([originals[:, None], masked[:, None], completions], axis=1)
-  out_dir = os.path.join(config.workdir, 'inpainting')
-  plots.save_png(plots.image_grid(rows.reshape((-1,) + shape[1:]), nrow=rows.shape[1]),
-                 os.path.join(out_dir, 'inpainting.png'))
-  artifacts.write_npz(os.path.join(out_dir, 'inpainting.npz'), originals=originals, mask=mask,
-                      completions=completions)
-  logging.info('wrote %s (%s, %d score evaluations per completion)',
-               os.path.join(out_dir, 'inpainting.png'), samplers.describe(s), nfe)
+  step = int(state.step.numpy())
+  mask_name = s.inpaint_mask if s.inpaint_mask in inpainting.MASK_KINDS else \
+      os.path.basename(s.inpaint_mask)
+  name = results.name_of(results.part('mask', mask_name), results.sampler_part(s),
+                         seed=config.seed, step=step)
+  settings = {**results.sampler_settings(config), 'step': step, 'inpaint_mask': s.inpaint_mask,
+              'images': shape[0], 'completions_per_image': s.inpaint_completions,
+              'nfe_per_completion': nfe}
+  with results.writing(config.workdir, INPAINTING_DIR, name, settings) as staging:
+    plots.save_png(plots.image_grid(rows.reshape((-1,) + shape[1:]), nrow=rows.shape[1]),
+                   os.path.join(staging, 'inpainting.png'))
+    artifacts.write_npz(os.path.join(staging, 'inpainting.npz'), originals=originals, mask=mask,
+                        completions=completions)
+  out_dir = os.path.join(config.workdir, INPAINTING_DIR, name)
+  logging.info('wrote %d completions of %d images to %s (%s, %d score evaluations per '
+               'completion)', shape[0] * s.inpaint_completions, shape[0], out_dir,
+               samplers.describe(s), nfe)
   return out_dir
 
 
@@ -95,7 +115,8 @@ def colorize_run(config: config_lib.Config, state=None) -> dict:
 
   The grey coordinate (r + g + b)/√3 of every pixel is known and the two
   chroma coordinates are sampled (sampling/conditions.py, docs/controllable.md).
-  Writes <workdir>/colorization/: colorization.png (per row the original, the
+  Writes <workdir>/colorization/<sampler and settings>,seed=S,step=N/
+  (evaluation/results.py; colorization/latest points to it): colorization.png (per row the original, the
   grey input and --inpaint_completions completions), colorization.npz
   (originals, grey [N, H, W, 1], completions [N, K, H, W, 3] as sampled) and
   colorization.json: the colour error, RMSE over pixels and channels in [0, 1]
@@ -103,7 +124,8 @@ def colorize_run(config: config_lib.Config, state=None) -> dict:
   against the originals, beside the grey-to-colour baseline's (the grey
   image in all three channels), and the RMSE between two completions of one
   image (a sampler of the true conditional has it equal to the completions'
-  error: the original is one more draw). Returns the JSON's dict.
+  error: the original is one more draw). Returns the JSON's dict with
+  'result_dir', the directory written.
   """
   state = state or checkpoints.restore_for_inference(config)
   s = config.sampling
@@ -111,7 +133,7 @@ def colorize_run(config: config_lib.Config, state=None) -> dict:
   shape = originals.shape
   grey = conditions.grey_of(originals).numpy()
   condition = conditions.colorization(np.repeat(grey, s.inpaint_completions, axis=0))
-  completions, nfe = _draw_under(config, state, condition)
+  completions, nfe = _draw_under(config, state, condition, 'colorize')
   completions = completions.reshape((shape[0], s.inpaint_completions) + shape[1:])
   colour = np.clip(completions, 0.0, 1.0)
   baseline = np.repeat(grey, shape[-1], axis=-1)
@@ -124,13 +146,18 @@ def colorize_run(config: config_lib.Config, state=None) -> dict:
       'rmse_between_completions': _rmse_between(colour),
       'rmse_completions_per_image': [_rmse(c, o) for c, o in zip(colour, originals[:, None])],
       'rmse_grey_baseline_per_image': [_rmse(b, o) for b, o in zip(baseline, originals)]}
-  out_dir = os.path.join(config.workdir, 'colorization')
   rows = np.concatenate([originals[:, None], baseline[:, None], colour], axis=1)
-  plots.save_png(plots.image_grid(rows.reshape((-1,) + shape[1:]), nrow=rows.shape[1]),
-                 os.path.join(out_dir, 'colorization.png'))
-  artifacts.write_npz(os.path.join(out_dir, 'colorization.npz'), originals=originals, grey=grey,
-                      completions=completions)
-  artifacts.write_json(os.path.join(out_dir, 'colorization.json'), result)
+  step = int(state.step.numpy())
+  name = results.name_of(results.sampler_part(s), seed=config.seed, step=step)
+  settings = {**results.sampler_settings(config), 'step': step}
+  with results.writing(config.workdir, COLORIZATION_DIR, name, settings) as staging:
+    plots.save_png(plots.image_grid(rows.reshape((-1,) + shape[1:]), nrow=rows.shape[1]),
+                   os.path.join(staging, 'colorization.png'))
+    artifacts.write_npz(os.path.join(staging, 'colorization.npz'), originals=originals,
+                        grey=grey, completions=completions)
+    artifacts.write_json(os.path.join(staging, 'colorization.json'), result)
+  out_dir = os.path.join(config.workdir, COLORIZATION_DIR, name)
+  result['result_dir'] = out_dir
   logging.info('colourisation (%s, %d score evaluations each): RMSE %.4f of %d completions '
                'against the originals (their mean per image: %.4f; between two completions: '
                '%s); grey-to-colour baseline %.4f; wrote %s', result['sampler'], nfe,

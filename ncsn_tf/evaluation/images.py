@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import re
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -45,6 +46,7 @@ from ncsn_tf.runtime import devices
 from ncsn_tf.runtime.progress import Progress
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
+from ncsn_tf.sampling import draw as draw_lib
 from ncsn_tf.sampling import samplers
 from ncsn_tf.training import heldout as heldout_lib
 
@@ -64,11 +66,19 @@ FEATURES_KEY = 'features'
 # --- feature extractor and reference statistics ---------------------------------
 
 def build_extractor(ev: config_lib.EvalConfig):
-  """The FeatureExtractor named by --inception_kind / --inception_path (nothing downloaded)."""
-  if ev.inception_kind == 'fid_graph':
-    return inception.FIDInceptionGraph(ev.inception_path)
-  if ev.inception_kind == 'keras':
-    return inception.KerasInceptionV3(ev.inception_path)
+  """The FeatureExtractor named by --inception_kind / --inception_path (nothing downloaded).
+
+  A file that does not decode as what --inception_kind needs is a ConfigError naming it.
+  """
+  try:
+    if ev.inception_kind == 'fid_graph':
+      return inception.FIDInceptionGraph(ev.inception_path)
+    if ev.inception_kind == 'keras':
+      return inception.KerasInceptionV3(ev.inception_path)
+  except inception.InceptionWeightsNotFoundError:
+    raise
+  except (ValueError, OSError) as e:
+    raise config_lib.ConfigError(f'--inception_path: {str(e).splitlines()[0]}') from None
   return inception.tiny_random_inception()
 
 
@@ -205,7 +215,11 @@ def reference_for(config: config_lib.Config, extractor) -> Reference:
           f'--reference_stats file not found: {path}; use a TTUR statistics file '
           '(e.g. fid_stats_cifar10_train.npz) or compute it with --mode=stats '
           f'--reference_stats={path}')
-    return load_reference(path, extractor)
+    try:
+      return load_reference(path, extractor)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:  # np.load's errors
+      raise config_lib.ConfigError(
+          f'--reference_stats: {path}: {str(e).splitlines()[0] or type(e).__name__}') from None
   path = default_reference_path(config, extractor)
   if not os.path.isfile(path):
     compute_reference_statistics(config, extractor, path)
@@ -247,25 +261,32 @@ class ImageEvaluator:
     self._sampler = configured.ConfiguredSampler(config, model, data_lib.data_shape(config.data),
                                                  strategy=strategy, sigmas=self.sigmas)
 
-  def _sample_batches(self, num: int):
+  def _sample_batches(self, num: int, progress=None):
+    """Yields the samples batch by batch; `progress` (a Progress over samples) moves with
+    every step of the sampler."""
     ev = self.config.eval
     sizes = [min(ev.batch_size, num - start) for start in range(0, num, ev.batch_size)]
 
     def draw(k):
       # Full batches only (same shapes, no re-trace); the last one is cut.
-      x, _, _ = self._sampler.sample(ev.batch_size, self.config.seed, index=k, stream='eval')
+      draw_lib.STEP_PROGRESS.target(progress, k * ev.batch_size, sizes[k])
+      x, _, _ = self._sampler.sample(ev.batch_size, self.config.seed, index=k, stream='eval',
+                                     callback=draw_lib.STEP_PROGRESS)
       return {'samples': x.numpy()[:sizes[k]]}
 
-    for _, batch in distributed.batches_in_order(self.strategy, sizes, draw,
-                                                 cross_worker=self.cross_worker):
-      yield batch['samples']
+    try:
+      for _, batch in distributed.batches_in_order(self.strategy, sizes, draw,
+                                                   cross_worker=self.cross_worker):
+        yield batch['samples']
+    finally:
+      draw_lib.STEP_PROGRESS.target(None)
 
   def sample_metrics(self) -> tuple[dict, np.ndarray]:
     """IS, FID and KID of --eval_samples samples; returns (metrics, first samples for a grid)."""
     num = self.config.eval.num_samples
     acc, grid, nonfinite = _Accumulator(), [], 0
     progress = Progress('eval samples', num)
-    for raw in self._sample_batches(num):
+    for raw in self._sample_batches(num, progress):
       bad = ~np.all(np.isfinite(raw.reshape(len(raw), -1)), axis=1)
       nonfinite += int(bad.sum())
       finite = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
@@ -407,7 +428,6 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
     targets = {int(state.step.numpy()): None}
   if not devices.is_chief(strategy):
     return _draw_worker_share(config, state, targets, strategy)
-  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
   heldout_eval = heldout_lib.make_heldout_eval(
       config.replace(train={'heldout_batches': max(config.train.heldout_batches, 1)}), state)
   # The EMA network (the network itself without EMA): TrainState makes the choice.
@@ -433,6 +453,8 @@ def evaluate_run(config: config_lib.Config, state=None) -> dict:
     evaluator = ImageEvaluator(config, score_model, state.sigmas, heldout_eval, extractor, reference,
                                strategy=strategy, cross_worker=cross_worker)
     evaluate = lambda step: evaluator(step, writer)  # noqa: E731
+  # After the feature network and reference statistics load: a refused run writes nothing.
+  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
   results = {}
   for step, path in targets.items():
     if path is not None:

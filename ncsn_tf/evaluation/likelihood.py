@@ -2,8 +2,10 @@
 
 For each checkpoint of --eval_checkpoints, scores --likelihood_examples
 examples by the probability-flow ODE (ncsn_tf/likelihood.py), in batches of
---eval_batch_size, and writes to <workdir>/metrics.json (key 'likelihood', per
-step) and TensorBoard (eval/likelihood_*):
+--eval_batch_size, and writes a result directory named for the settings and
+the step, <workdir>/likelihood/<name>/ (`result_name`; likelihood/latest points
+to the newest), the same result into <workdir>/metrics.json (key 'likelihood',
+by name) and TensorBoard (eval/likelihood_*):
 
 - toys: the mean negative log-likelihood in nats with its standard error,
   beside the same points' exact values from TFP: −log p_data (the true
@@ -32,10 +34,12 @@ from ncsn_tf.data import images as images_lib
 from ncsn_tf.data import pipeline as data_lib
 from ncsn_tf.data import toy
 from ncsn_tf.evaluation import images as image_eval
+from ncsn_tf.evaluation import results
 from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime import checkpoints
 from ncsn_tf.runtime.progress import Progress
 from ncsn_tf.sampling import configured
+from ncsn_tf.sampling import draw
 
 #: Seeds of the toy evaluation points and of the dequantisation (apart from training's).
 #: Batch k's Hutchinson probes come from [--seed, k], as the export's `log_likelihood`
@@ -95,12 +99,20 @@ def _score_batches(config, score_model, x, to_metric, name: str):
 
 
 def _model_samples(config, score_model, num: int, shape) -> np.ndarray:
+  """--likelihood_source=samples: `num` samples of --sampler, batch k from the 'likelihood'
+  stream at index k, with a progress line that moves with the chains' steps."""
   sampler = configured.ConfiguredSampler(config, score_model, shape)
   out = []
-  for k, (start, _) in enumerate(_batches(np.zeros(num), config.sampling.sample_batch_size)):
-    size = min(config.sampling.sample_batch_size, num - start)
-    samples, _, _ = sampler.sample(size, config.seed, index=k, stream='likelihood')
-    out.append(samples.numpy())
+  with Progress('likelihood samples', num) as progress:
+    try:
+      for k, (start, _) in enumerate(_batches(np.zeros(num), config.sampling.sample_batch_size)):
+        size = min(config.sampling.sample_batch_size, num - start)
+        draw.STEP_PROGRESS.target(progress, start, size)
+        samples, _, _ = sampler.sample(size, config.seed, index=k, stream='likelihood',
+                                       callback=draw.STEP_PROGRESS)
+        out.append(samples.numpy())
+    finally:
+      draw.STEP_PROGRESS.target(None)
   return np.concatenate(out)
 
 
@@ -202,37 +214,75 @@ def _summary_line(result: dict) -> str:
   return f'{line}; NFE {nfe:.0f} per batch, {1e3 * result["seconds_per_example"]:.1f} ms per example'
 
 
-def write_per_example(config: config_lib.Config, step: int, arrays: dict) -> str:
-  """<workdir>/likelihood/likelihood_<step>.npz: every image's bits/dim, to rank or re-check.
+#: The result directories of --mode=likelihood (evaluation/results.py).
+LIKELIHOOD_DIR = 'likelihood'
 
-  Arrays: pixels uint8 [N, H, W, C] (the scored images), inputs float32
-  [N, H, W, C] (repeat 0's dequantised model inputs: batch k of
+
+def result_name(config: config_lib.Config, step: int) -> str:
+  """What made a likelihood: the source, the divergence, the solver and the examples.
+
+  e.g. 'data=test,hutchinson=1,probe=rademacher,rtol=1e-05,atol=1e-05,eps=1e-05,
+  examples=1000,repeats=1,seed=0,step=8000'; --likelihood_source=samples names
+  the sampler and its settings in place of the split.
+  """
+  ev, settings = config.eval, ode_settings(config)
+  if ev.likelihood_source == 'samples':
+    source = f'samples,{results.sampler_part(config.sampling)}'
+  else:
+    source = results.part('data', 'fresh' if config.data.is_toy else ev.likelihood_split)
+  trace = ['exact_trace'] if ev.exact_trace else [
+      results.part('hutchinson', ev.hutchinson_probes), results.part('probe', ev.probe)]
+  parts = [source, *trace, *(results.part(k, settings[k]) for k in ('rtol', 'atol', 'eps')),
+           results.part('examples', ev.likelihood_examples)]
+  if not config.data.is_toy:
+    parts.append(results.part('repeats', ev.likelihood_repeats))
+  return results.name_of(*parts, seed=config.seed, step=step)
+
+
+def write_result(config: config_lib.Config, step: int, result: dict) -> str:
+  """<workdir>/likelihood/<result_name>/: likelihood.json (the result, with 'step' and
+  'result_dir' added to `result`) and, for images, per_example.npz (popped from `result`):
+  every image's bits/dim, to rank or re-check.
+
+  per_example.npz arrays: pixels uint8 [N, H, W, C] (the scored images), inputs
+  float32 [N, H, W, C] (repeat 0's dequantised model inputs: batch k of
   --eval_batch_size, fed with seed --seed to the export's log_likelihood,
   reproduces that batch's values, whose probes come from [--seed, k]) and
-  bits_per_dim float32 [repeats, N]. Returns the path.
+  bits_per_dim float32 [repeats, N]. Returns the directory.
   """
-  path = os.path.join(config.workdir, 'likelihood', f'likelihood_{step}.npz')
-  artifacts.write_npz(path, **arrays)
-  return path
+  name = result_name(config, step)
+  arrays = result.pop('per_example', None)
+  result.update(step=step, result_dir=os.path.join(config.workdir, LIKELIHOOD_DIR, name))
+  with results.writing(config.workdir, LIKELIHOOD_DIR, name,
+                       {'step': step, 'seed': config.seed, **ode_settings(config)}) as staging:
+    if arrays is not None:
+      artifacts.write_npz(os.path.join(staging, 'per_example.npz'), **arrays)
+    artifacts.write_json(os.path.join(staging, 'likelihood.json'), result)
+  return result['result_dir']
 
 
 def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
-  """Scores every checkpoint of --eval_checkpoints (or `state`); returns {step: result}."""
-  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
+  """Scores every checkpoint of --eval_checkpoints (or `state`); returns {step: result}.
+
+  Each result goes to its own directory (`write_result`; likelihood/latest points
+  to the last), and into <workdir>/metrics.json under 'likelihood', keyed by the
+  result's name, so likelihoods of other settings or checkpoints stay beside it.
+  """
   if state is None:
-    state = checkpoints.create_state(config, tf.distribute.get_strategy())
     checkpoints.check_resume_config(config)
     targets = image_eval.select_checkpoints(config)
+    state = checkpoints.create_state(config, tf.distribute.get_strategy())
   else:
     targets = {int(state.step.numpy()): None}
+  # After the checks: a refused run adds nothing to the workdir, not even an event file.
+  writer = tf.summary.create_file_writer(os.path.join(config.workdir, 'tensorboard'))
   score = toy_likelihood if config.data.is_toy else image_likelihood
-  results = {}
+  results_by_step, by_name = {}, {}
   for step, path in targets.items():
     if path is not None:
       step = checkpoints.restore_step(state, path)
     result = score(config, state.score_model)
-    if 'per_example' in result:
-      result['per_example_file'] = write_per_example(config, step, result.pop('per_example'))
+    write_result(config, step, result)
     with writer.as_default(step=step):
       key = 'nll_nats' if config.data.is_toy else 'bits_per_dim'
       tf.summary.scalar(f'eval/likelihood_{key}', result[key])
@@ -240,9 +290,11 @@ def evaluate_likelihood(config: config_lib.Config, state=None) -> dict:
         tf.summary.scalar('eval/likelihood_gaussian_baseline_bpd',
                           result['baselines']['gaussian_full_covariance'])
     writer.flush()
-    logging.info('likelihood, step %d: %s', step, _summary_line(result))
-    results[str(step)] = result
+    logging.info('likelihood, step %d: %s; wrote %s', step, _summary_line(result),
+                 result['result_dir'])
+    results_by_step[str(step)] = result
+    by_name[os.path.basename(result['result_dir'])] = result
   metrics = artifacts.read_metrics(config.workdir)
-  metrics['likelihood'] = {**metrics.get('likelihood', {}), **results}
+  metrics['likelihood'] = {**metrics.get('likelihood', {}), **by_name}
   artifacts.write_metrics(config.workdir, metrics)
-  return results
+  return results_by_step

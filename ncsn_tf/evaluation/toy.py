@@ -8,7 +8,6 @@ Writes into <workdir>/figures/:
 and <workdir>/metrics.json. The same figures go to TensorBoard as images.
 """
 
-import json
 import os
 
 import numpy as np
@@ -21,6 +20,7 @@ from ncsn_tf.data import toy
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.runtime import artifacts
+from ncsn_tf.runtime.progress import Progress
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
 from ncsn_tf.sampling import langevin
@@ -29,11 +29,13 @@ from ncsn_tf.sampling import samplers
 _NUM_EVAL_POINTS = 4096
 
 
-def run_samplers(config: config_lib.Config, dist: toy.ToyDistribution, score_model, sigmas):
+def run_samplers(config: config_lib.Config, dist: toy.ToyDistribution, score_model, sigmas,
+                 on_done=None):
   """Four sample sets [N, 2]: {plain, annealed} Langevin x {exact, learned} score.
 
   Plain Langevin runs as many steps as the annealed chain (L · T) at the
   smallest step ε = step_lr, as in the paper's section 3.2 comparison.
+  on_done: None, or fn(name) called after each chain (progress).
   """
   s = config.sampling
   num = s.num_samples
@@ -49,16 +51,23 @@ def run_samplers(config: config_lib.Config, dist: toy.ToyDistribution, score_mod
     exact = lambda x, i: dist.score(x)
   total_steps = len(sigmas) * s.n_steps_each
   common = dict(n_steps_each=s.n_steps_each, step_lr=s.step_lr, denoise=s.denoise)
-  return {
-      'langevin_exact': langevin.langevin_dynamics(dist.score, x_init, step_size=s.step_lr,
-                                                   n_steps=total_steps, seed=[config.seed, 12]),
-      'langevin_learned': langevin.langevin_dynamics(learned_plain, x_init, step_size=s.step_lr,
-                                                     n_steps=total_steps, seed=[config.seed, 13]),
-      'annealed_exact': langevin.annealed_langevin_dynamics(exact, x_init, sigmas_t,
-                                                            seed=[config.seed, 14], **common),
-      'annealed_learned': langevin.annealed_langevin_dynamics(learned, x_init, sigmas_t,
-                                                              seed=[config.seed, 15], **common),
+  chains = {
+      'langevin_exact': lambda: langevin.langevin_dynamics(
+          dist.score, x_init, step_size=s.step_lr, n_steps=total_steps, seed=[config.seed, 12]),
+      'langevin_learned': lambda: langevin.langevin_dynamics(
+          learned_plain, x_init, step_size=s.step_lr, n_steps=total_steps,
+          seed=[config.seed, 13]),
+      'annealed_exact': lambda: langevin.annealed_langevin_dynamics(
+          exact, x_init, sigmas_t, seed=[config.seed, 14], **common),
+      'annealed_learned': lambda: langevin.annealed_langevin_dynamics(
+          learned, x_init, sigmas_t, seed=[config.seed, 15], **common),
   }
+  samples = {}
+  for name, chain in chains.items():
+    samples[name] = chain()
+    if on_done is not None:
+      on_done(name)
+  return samples
 
 
 def _score_field_figures(dist, score_model, sigmas):
@@ -113,13 +122,52 @@ def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 
   metrics = {'step': step, 'dataset': dist.name, 'num_samples': config.sampling.num_samples,
              'sigmas': sigmas.tolist()}
 
-  chains_score = distributed.shard(model, strategy).score_index
-  samples = {k: v.numpy() for k, v in run_samplers(config, dist, chains_score, sigmas).items()}
-  if config.sampling.sampler != 'ald':
-    name = config.sampling.sampler
-    samples[f'{name}_learned'], nfe = configured_samples(config, model, dist, strategy)
-    metrics['sampler'] = {'name': name, 'settings': samplers.describe(config.sampling),
-                          'nfe': nfe}
+  # Stages, for the progress line: four chains, the configured sampler, the figures and errors.
+  stages = 4 + (config.sampling.sampler != 'ald') + 2
+  with Progress('toy evaluation', stages) as progress:
+    done = [0]
+
+    def advance(stage):
+      done[0] += 1
+      progress.update(done[0], finished=stage)
+
+    chains_score = distributed.shard(model, strategy).score_index
+    samples = {k: v.numpy() for k, v in run_samplers(config, dist, chains_score, sigmas,
+                                                     on_done=advance).items()}
+    if config.sampling.sampler != 'ald':
+      name = config.sampling.sampler
+      samples[f'{name}_learned'], nfe = configured_samples(config, model, dist, strategy)
+      metrics['sampler'] = {'name': name, 'settings': samplers.describe(config.sampling),
+                            'nfe': nfe}
+      advance(name)
+    figures = _figures_and_errors(config, dist, score_model, sigmas, samples, metrics)
+    advance('score errors')
+    _write_figures(figures, fig_dir, step, writer)
+    advance('figures')
+  artifacts.write_metrics(config.workdir, metrics)
+  logging.info('toy metrics, step %d: %s; all of them in %s and TensorBoard', step,
+               summary_line(metrics), artifacts.metrics_path(config.workdir))
+  return metrics
+
+
+def summary_line(metrics: dict) -> str:
+  """The toy metrics in one short line: the learned chain's mixture weights (mixtures) and
+  the score error at the smallest σ."""
+  parts = []
+  weights = metrics.get('mixture_weights', {})
+  for key in [k for k in weights if k.endswith('_learned') and k != 'langevin_learned']:
+    parts.append(f'{key} weights {"/".join(f"{w:.3f}" for w in weights[key])}')
+  if weights:
+    parts.append(f'true {"/".join(f"{w:.3f}" for w in weights["true"])}')
+  for key in ('relative_score_error_sigma_min', 'relative_score_error_sigma_min_vs_unperturbed'):
+    if key in metrics:
+      parts.append(f'{key.replace("_", " ")} {metrics[key]:.4f}')
+  return '; '.join(parts)
+
+
+def _figures_and_errors(config, dist, score_model, sigmas, samples, metrics) -> dict:
+  """The figures of `evaluate_toy` ({name: figure}); adds the score errors and mixture
+  weights to `metrics`."""
   figures = _score_field_figures(dist, score_model, sigmas)
   true_samples = dist.sample(config.sampling.num_samples, seed=[config.seed, 16]).numpy()
   figures['samples'] = plots.samples_figure(
@@ -156,7 +204,11 @@ def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 
         k: float(np.max(np.abs(np.asarray(w) - dist.weights))) for k, w in weights.items()}
     labels = [f'mode at {tuple(np.round(m, 1))}' for m in dist.means]
     figures['mixture_weights'] = plots.weights_figure(weights, dist.weights, labels)
+  return figures
 
+
+def _write_figures(figures: dict, fig_dir: str, step: int, writer):
+  """Each figure to <fig_dir>/<name>.png and, with a writer, to TensorBoard (toy/<name>)."""
   for name, fig in figures.items():
     if writer is not None:
       with writer.as_default(step=step):
@@ -164,7 +216,3 @@ def evaluate_toy(config: config_lib.Config, score_model, sigmas, *, step: int = 
     plots.save_figure(fig, os.path.join(fig_dir, f'{name}.png'))
   if writer is not None:
     writer.flush()
-  artifacts.write_metrics(config.workdir, metrics)
-  logging.info('toy metrics: %s', json.dumps({k: v for k, v in metrics.items()
-                                               if k not in ('sigmas',)}))
-  return metrics

@@ -180,8 +180,9 @@ class ContinuousScoreMLP(keras.Model):
 
   Each hidden layer is Dense -> FiLM from φ(log σ) -> softplus; the input is
   x/sqrt(1 + σ²) and the output is divided by σ, as NoiseConditionalMLP does
-  per level (module docstring). DESIGN.md measured this recipe on the paper's
-  mixture (3x128, 16 features, DSM with log-uniform σ, batch 256, Adam 1e-3).
+  per level (module docstring). tf_configs/toy_gmm_sde.cfg trains this recipe on the
+  paper's mixture (3x128, 16 features, continuous DSM, batch 256, Adam 1e-3); its
+  results are in docs/sde.md.
 
   The noise features are Gaussian Fourier features of log σ (Tancik et al.
   2020; NCSN++'s GaussianFourierProjection, Song et al. 2021):

@@ -148,8 +148,8 @@ class VESDE(SDE):
   The prior is N(prior_mean, σ_max² I). With prior_mean = 0 (score_sde's
   choice) it is off p_T by the data mean; deterministic samplers (the ODE,
   Heun) cannot correct that and carry the offset into the mode weights
-  (DESIGN.md measured 0.28-0.30 for a true 0.2 at σ_max = 20 on the paper's
-  mixture). Pass the data mean (a scalar or an array of one example's shape)
+  (on the paper's mixture at σ_max = 20 the ODE gave 0.26 for a true 0.2:
+  docs/sde.md "The prior"; tests/test_sde_samplers.py shows it with exact scores). Pass the data mean (a scalar or an array of one example's shape)
   to centre it, or choose σ_max well above the data's spread.
   """
 

@@ -11,7 +11,6 @@ that holds a different model's checkpoints. <workdir>/checkpoints holds one
 
 import dataclasses
 import functools
-import json
 import os
 
 import keras
@@ -146,8 +145,7 @@ def check_resume_config(config: config_lib.Config):
   path = os.path.join(config.workdir, 'config.json')
   if not os.path.exists(path) or tf.train.latest_checkpoint(checkpoint_dir(config)) is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = config_lib.read_json(path, 'workdir')
   differences = config_lib.resume_mismatches(saved, config)
   if differences:
     raise ConfigMismatchError(
@@ -162,13 +160,22 @@ def write_config_json(config: config_lib.Config):
 
 
 def checkpoint_steps(config: config_lib.Config) -> dict:
-  """{step: checkpoint prefix} of every checkpoint kept in <workdir>/checkpoints, by step."""
-  state = tf.train.get_checkpoint_state(checkpoint_dir(config))
+  """{step: checkpoint prefix} of every checkpoint kept in <workdir>/checkpoints, by step.
+
+  Works for every form of --workdir (relative, absolute, './x', 'x/', through a
+  symlink): tf.train.get_checkpoint_state already joins the recorded relative
+  paths with the directory it was given, so a path is used as it comes back;
+  only a recorded path that does not exist there (an absolute path of a
+  workdir since moved or mounted elsewhere) is looked up by its file name in
+  this checkpoint directory.
+  """
+  directory = checkpoint_dir(config)
+  state = tf.train.get_checkpoint_state(directory)
   paths = list(state.all_model_checkpoint_paths) if state else []
   found = {}
   for path in paths:
-    if not os.path.isabs(path):
-      path = os.path.join(checkpoint_dir(config), path)
+    if not tf.io.gfile.exists(path + '.index'):
+      path = os.path.join(directory, os.path.basename(path))
     if tf.io.gfile.exists(path + '.index'):
       found[int(path.rsplit('-', 1)[1])] = path
   return dict(sorted(found.items()))

@@ -3,7 +3,9 @@
 `draw_samples` draws --num_samples samples with the configured sampler in
 batches of --sample_batch_size; batch k uses the 'samples' seed stream at
 index k (sampling/configured.py STREAMS), so the samples do not depend on the
-devices or on how the batches are spread over them.
+devices or on how the batches are spread over them. Its progress line moves
+with every step of a sampler that has steps (`STEP_PROGRESS`), so one long
+batch shows its progress too.
 """
 
 import numpy as np
@@ -11,8 +13,15 @@ import numpy as np
 from ncsn_tf import config as config_lib
 from ncsn_tf.data import pipeline as data_lib
 from ncsn_tf.runtime.progress import Progress
+from ncsn_tf.sampling import callbacks
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import distributed
+
+#: The per-step callback of every draw: one object for the whole process, so a
+#: sampler's trace is made once and reused by every draw, with a progress line or
+#: without (training's snapshots: no target, the step is not shown); a new
+#: callback object per call would trace every chain again.
+STEP_PROGRESS = callbacks.StepProgress()
 
 
 def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, seed: int,
@@ -47,11 +56,16 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
                                          sigmas=sigmas)
   sizes = [min(s.sample_batch_size, num - start) for start in range(0, num, s.sample_batch_size)]
 
+  progress = Progress('sample', num) if show_progress else None
+
   def draw(k):
+    start = k * s.sample_batch_size
     if before_batch is not None:
-      before_batch(k * s.sample_batch_size, sizes[k])
+      before_batch(start, sizes[k])
+    STEP_PROGRESS.target(progress, start, sizes[k])
     samples, trajectory, nfe = sampler.sample(sizes[k], seed, index=k,
-                                              num_snapshots=s.num_snapshots)
+                                              num_snapshots=s.num_snapshots,
+                                              callback=STEP_PROGRESS)
     samples = samples.numpy()
     trajectory = samples[None] if trajectory is None else trajectory.numpy()
     # Rows first, as batches_in_order gathers them; the NFE once per row.
@@ -59,16 +73,34 @@ def draw_samples(config: config_lib.Config, score_model, sigmas, *, num: int, se
             'nfe': np.full([sizes[k]], int(nfe), np.int32)}
 
   outputs, trajectories = [], []
-  progress = Progress('sample', num) if show_progress else None
   done, nfe = 0, 0
-  for _, batch in distributed.batches_in_order(strategy, sizes, draw, cross_worker=cross_worker):
-    outputs.append(batch['samples'])
-    trajectories.append(np.moveaxis(batch['trajectory'], 0, 1))
-    nfe = int(batch['nfe'][0])
-    done += len(batch['samples'])
+  try:
+    for _, batch in distributed.batches_in_order(strategy, sizes, draw,
+                                                 cross_worker=cross_worker):
+      outputs.append(batch['samples'])
+      trajectories.append(np.moveaxis(batch['trajectory'], 0, 1))
+      nfe = int(batch['nfe'][0])
+      done += len(batch['samples'])
+      if progress:
+        progress.update(done)
+  finally:
+    STEP_PROGRESS.target(None)
     if progress:
-      progress.update(done)
-  if progress:
-    progress.close()
+      progress.close()
   result = np.concatenate(outputs), np.concatenate(trajectories, axis=1)
   return (*result, nfe) if return_nfe else result
+
+
+def sample_one_batch(sampler: configured.ConfiguredSampler, num: int, seed, *, desc: str,
+                     **kwargs):
+  """sampler.sample(num, seed, **kwargs) with a progress line `desc` over its rows that
+  moves with every step of the chain (a conditioned batch of inpainting or
+  colourisation is one long chain)."""
+  with Progress(desc, num) as progress:
+    STEP_PROGRESS.target(progress, 0, num)
+    try:
+      result = sampler.sample(num, seed, callback=STEP_PROGRESS, **kwargs)
+    finally:
+      STEP_PROGRESS.target(None)
+    progress.update(num)
+  return result

@@ -3,8 +3,9 @@
 `ScoreModule` serves every entry of the signature registry
 (serving/signatures.py) that applies to the export, in registry order, plus
 `serving_default` = `score`, beside the variables `sigmas` (the ladder), the
-string `config_json` (the run's Config) and the string `sampler` (the
-sampler's name and settings, e.g. `ode(rtol=1e-05, ...)`). serving/export.py
+string `config_json` (the run's Config), the string `sampler` (the
+sampler's name and settings, e.g. `ode(rtol=1e-05, ...)`) and the int32
+`max_batch` (--export_max_batch: the most examples one request may ask for). serving/export.py
 writes it as a numbered SavedModel version; the signatures' contract is the
 table of saved_models/README.md, generated from the registry.
 
@@ -45,26 +46,30 @@ class ScoreModule(tf.Module):
   s(x, sigma_index), which is wrapped with `sigmas`.
   classifier: None, or a guidance.Classifier: `sample_class` then uses
   classifier guidance, and its variables are saved with the score model's.
+  on_traced: None, or fn(done, total, name) called as each signature is traced.
 
   Each applicable signature is an attribute of its name (`module.sample(num,
   seed)`); `context` is the signatures.ExportContext their bodies read.
   """
 
   def __init__(self, score_model, config: config_lib.Config, sigmas: np.ndarray,
-               classifier=None):
+               classifier=None, on_traced=None):
     super().__init__(name='ncsn')
     score_model = configured.as_score_model(score_model, sigmas)
     self.sigmas = tf.Variable(np.asarray(sigmas, np.float32), trainable=False, name='sigmas')
     self.config_json = tf.Variable(config.to_json(), trainable=False, name='config_json')
     self.sampler = tf.Variable(samplers.describe(config.sampling), trainable=False,
                                name='sampler')
+    self.max_batch = tf.Variable(config.export.max_batch, dtype=tf.int32, trainable=False,
+                                 name='max_batch')
     shape = tuple(data_lib.data_shape(config.data))
     # Not tracked (set past tf.Module's attribute tracking): a tracked Keras 3
     # model adds its own single-input serving function, which this model cannot
     # trace, and its variables would be saved under the Keras wrappers' names
     # (see the module docstring); the traced functions capture what they read.
     self.__dict__['context'] = signatures_lib.ExportContext(
-        config=config, score_model=score_model, sigmas=self.sigmas, data_shape=shape,
+        config=config, score_model=score_model, sigmas=self.sigmas, max_batch=self.max_batch,
+        data_shape=shape,
         sampler=configured.ConfiguredSampler(config, score_model, shape),
         guidance=signatures_lib.guidance_for(score_model, classifier))
     entries = signatures_lib.applicable(self.context)
@@ -74,7 +79,7 @@ class ScoreModule(tf.Module):
       setattr(self, entry.name, _served_function(entry, self.context))
     self.__dict__['signature_names'] = tuple(entry.name for entry in entries)
     # Last: tracing every signature here is what finds the variables to save.
-    self.model_variables = _track_captured_variables(self.signatures().values())
+    self.model_variables = _track_captured_variables(self.signatures(), on_traced)
 
   def signatures(self) -> dict:
     """{signature key: tf.function}: the applicable entries, then `serving_default`."""
@@ -96,8 +101,11 @@ def _served_function(entry: signatures_lib.Signature, context):
   return tf.function(functools.partial(entry.fn, context), input_signature=specs)
 
 
-def _track_captured_variables(functions) -> list:
-  """The variables the traced `functions` read, each once.
+def _track_captured_variables(functions: dict, on_traced=None) -> list:
+  """The variables the traced `functions` ({name: tf.function}) read, each once.
+
+  on_traced: None, or fn(done, total, name) called after each function is traced
+  (tracing a sampler or the likelihood's solver takes seconds each: progress).
 
   (Within one function, in the order of TF's set of watched variables, which
   can differ between processes; the saver restores by name, not by position.)
@@ -107,7 +115,9 @@ def _track_captured_variables(functions) -> list:
   saver write each variable under the name its variable node has in the graph.
   """
   captured = {}
-  for function in functions:
+  for done, (name, function) in enumerate(functions.items(), 1):
     for variable in function.get_concrete_function().variables:
       captured.setdefault(id(variable), variable)
+    if on_traced is not None:
+      on_traced(done, len(functions), name)
   return list(captured.values())

@@ -17,8 +17,16 @@ need to describe it:
   `python -m ncsn_tf.serving.docs` writes from the registry.
 
 The `ExportContext` is what an entry sees of the export: the run's Config, the
-score model, the ladder variable, the data shape, the configured sampler and
-the guidance (if any). ScoreModule (serving/module.py) builds one
+score model, the ladder variable, the request size cap, the data shape, the
+configured sampler and the guidance (if any).
+
+Every builtin body defends itself in the graph, before any work: a request
+larger than the export's `max_batch` (--export_max_batch, stored in the
+export), a non-finite input, σ <= 0, a label or level out of range, a mask
+outside {0, 1} fails with InvalidArgument and a one-line message naming the
+signature and the input (`_checked`, `_batch_within_cap`, `_finite`); the
+adaptive solvers have a step limit (sampling/samplers/ode.py
+MAX_SOLVER_STEPS). An extension's body should do the same with these helpers. ScoreModule (serving/module.py) builds one
 tf.function per applicable entry, in registry order, and `serving_default` is
 `score`. A new signature is one `register(Signature(...))`, from this package
 or from any module imported before the export (docs/extending.md):
@@ -83,6 +91,8 @@ class ExportContext:
 
   config: the run's Config. score_model: a ScoreModel (ladder or
   continuous-σ network). sigmas: the module's ladder variable, float32 [L].
+  max_batch: the module's int32 variable, the most examples a request may ask
+  for (None: no cap, for a module built by hand).
   data_shape: the data's shape without the batch axis ([2] for the toys,
   [H, W, C] for images). sampler: the run's configured sampler over
   score_model. guidance: a Guidance, or None when there is no way to guide.
@@ -93,6 +103,7 @@ class ExportContext:
   data_shape: tuple
   sampler: configured.ConfiguredSampler
   guidance: Guidance | None = None
+  max_batch: tf.Variable | None = None
 
   @property
   def is_image(self) -> bool:
@@ -144,7 +155,8 @@ class Signature:
 # attributes of the exported module (ScoreModule sets each signature as an
 # attribute of its name, beside these).
 _RESERVED = frozenset({'serving_default', 'sigmas', 'config_json', 'sampler', 'model_variables',
-                       'context', 'signatures', 'signature_names'}) | frozenset(dir(tf.Module))
+                       'context', 'signatures', 'signature_names', 'max_batch'}
+                      ) | frozenset(dir(tf.Module))
 
 _SIGNATURES: dict[str, Signature] = {}
 
@@ -201,6 +213,24 @@ def _same_batch(a, b, message):
   return tf.debugging.assert_equal(tf.shape(a)[0], tf.shape(b)[0], message=message)
 
 
+def _batch_within_cap(context: ExportContext, count, what: str):
+  """An assertion that 1 <= count <= the export's max_batch; the message names `what`
+  ('sample: num_samples') and both numbers, on one line."""
+  count = tf.cast(count, tf.int32)
+  if context.max_batch is None:
+    return tf.debugging.assert_positive(count, message=f'{what} must be >= 1')
+  cap = tf.convert_to_tensor(context.max_batch)
+  message = tf.strings.format(
+      what + ' must be in [1, {}] (max_batch of this export: --export_max_batch), got {}',
+      (cap, count))
+  return tf.debugging.Assert(tf.logical_and(count >= 1, count <= cap), [message])
+
+
+def _finite(x, what: str):
+  """x, checked (InvalidArgument when run) to hold no NaN or infinity."""
+  return tf.debugging.check_numerics(x, f'{what} must be finite')
+
+
 def _clipped(context: ExportContext, samples):
   """Samples clipped to the images' range [0, 1]; toys and logits as they are."""
   if context.is_image and not context.in_logits:
@@ -237,10 +267,11 @@ def _draw(context: ExportContext, sampler, num, seed):
 
 def _score(context, x, sigma_index):
   # A loaded signature checks dtypes and known dims, not the rank: check here.
-  x = tf.ensure_shape(x, [None, *context.data_shape], name='check_x_shape')
+  x = _finite(tf.ensure_shape(x, [None, *context.data_shape], name='check_x_shape'), 'score: x')
   sigma_index = tf.ensure_shape(sigma_index, [None], name='check_sigma_index_shape')
   num_levels = tf.shape(context.sigmas, out_type=tf.int32)[0]
   checks = [
+      _batch_within_cap(context, tf.shape(x)[0], 'score: the batch of x'),
       _same_batch(x, sigma_index, 'score: x and sigma_index need the same batch size'),
       tf.debugging.assert_non_negative(sigma_index, message='score: sigma_index must be >= 0'),
       tf.debugging.assert_less(sigma_index, num_levels,
@@ -258,9 +289,11 @@ register(Signature(
 
 
 def _score_sigma(context, x, sigma):
-  x = tf.ensure_shape(x, [None, *context.data_shape], name='check_x_shape')
-  sigma = tf.ensure_shape(sigma, [None], name='check_sigma_shape')
-  checks = [_same_batch(x, sigma, 'score_sigma: x and sigma need the same batch size'),
+  x = _finite(tf.ensure_shape(x, [None, *context.data_shape], name='check_x_shape'),
+              'score_sigma: x')
+  sigma = _finite(tf.ensure_shape(sigma, [None], name='check_sigma_shape'), 'score_sigma: sigma')
+  checks = [_batch_within_cap(context, tf.shape(x)[0], 'score_sigma: the batch of x'),
+            _same_batch(x, sigma, 'score_sigma: x and sigma need the same batch size'),
             tf.debugging.assert_positive(sigma, message='score_sigma: sigma must be > 0')]
   with tf.control_dependencies(checks):
     return {'score': context.score_model.score_sigma(x, sigma)}
@@ -276,6 +309,8 @@ register(Signature(
 
 
 def _sample(context, num_samples, seed):
+  num_samples = _checked(num_samples, [
+      _batch_within_cap(context, num_samples, 'sample: num_samples')])
   return {'samples': _draw(context, context.sampler, num_samples, seed)}
 
 
@@ -288,9 +323,11 @@ register(Signature(
 
 
 def _inpaint(context, images, mask, seed):
-  images = tf.ensure_shape(images, [None, *context.data_shape], name='check_images_shape')
+  images = _finite(tf.ensure_shape(images, [None, *context.data_shape], name='check_images_shape'),
+                   'inpaint: images')
   mask = tf.ensure_shape(mask, [None, *context.data_shape], name='check_mask_shape')
   with tf.control_dependencies([
+      _batch_within_cap(context, tf.shape(images)[0], 'inpaint: the batch of images'),
       tf.debugging.assert_equal(tf.shape(images), tf.shape(mask),
                                 message='inpaint: images and mask need the same shape'),
       tf.debugging.assert_equal(mask * (1.0 - mask), tf.zeros_like(mask),
@@ -309,12 +346,13 @@ register(Signature(
 
 
 def _colorize(context, images, seed):
-  images = tf.ensure_shape(images, [None, *context.data_shape[:-1], None],
-                           name='check_images_shape')
+  images = _finite(tf.ensure_shape(images, [None, *context.data_shape[:-1], None],
+                                   name='check_images_shape'), 'colorize: images')
   channels = tf.shape(images)[-1]
-  with tf.control_dependencies([tf.debugging.Assert(
-      tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
-      ['colorize: images need 1 (grey) or 3 (RGB) channels, got', channels])]):
+  with tf.control_dependencies([
+      _batch_within_cap(context, tf.shape(images)[0], 'colorize: the batch of images'),
+      tf.debugging.Assert(tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
+                          ['colorize: images need 1 (grey) or 3 (RGB) channels, got', channels])]):
     images = _in_data_range(context, images, 'colorize')
   return {'colorized': _draw_under(context, conditions.colorization(images), seed)}
 
@@ -335,12 +373,13 @@ register(Signature(
 
 def _log_likelihood(context, x, seed):
   cfg = context.config
-  x = tf.ensure_shape(x, [None, *context.data_shape], name='check_x_shape')
-  checks = []
+  x = _finite(tf.ensure_shape(x, [None, *context.data_shape], name='check_x_shape'),
+              'log_likelihood: x')
+  checks = [_batch_within_cap(context, tf.shape(x)[0], 'log_likelihood: the batch of x')]
   if context.is_image and not context.in_logits:
     message = 'log_likelihood: images must be in [0, 1)'
-    checks = [tf.debugging.assert_greater_equal(x, 0.0, message=message),
-              tf.debugging.assert_less(x, 1.0, message=message)]
+    checks += [tf.debugging.assert_greater_equal(x, 0.0, message=message),
+               tf.debugging.assert_less(x, 1.0, message=message)]
   x = _checked(x, checks)
   log_prob, nfe = likelihood_eval.model_log_prob(cfg, context.score_model, x,
                                                  tf.stack([seed, tf.constant(0)]))
@@ -365,7 +404,9 @@ register(Signature(
 def _sample_class(context, labels, guidance_scale, seed):
   guidance = context.guidance
   labels = tf.ensure_shape(labels, [None], name='check_labels_shape')
+  guidance_scale = _finite(guidance_scale, 'sample_class: guidance_scale')
   labels = _checked(labels, [
+      _batch_within_cap(context, tf.shape(labels)[0], 'sample_class: the number of labels'),
       tf.debugging.assert_non_negative(labels, message='sample_class: labels must be >= 0'),
       tf.debugging.assert_less(labels, guidance.num_classes,
                                message=f'sample_class: labels must be < {guidance.num_classes}'),

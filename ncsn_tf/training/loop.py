@@ -145,8 +145,6 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> checkpoints.TrainSt
   checkpoints.check_resume_config(config)
   strategy = devices.strategy_for(config)
   chief = devices.is_chief(strategy)
-  if chief:
-    checkpoints.write_config_json(config)
   state = checkpoints.create_state(config, strategy)
   state.chief = chief
   ckpt = state.checkpoint()
@@ -168,6 +166,8 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> checkpoints.TrainSt
           f'another version or configuration); use a new --workdir or delete '
           f'{checkpoints.checkpoint_dir(config)} to start fresh') from None
     logging.info('resumed from %s at step %d', latest, int(state.step.numpy()))
+  if chief:  # Once the checkpoint (if any) is known to fit: a refused run changes nothing.
+    checkpoints.write_config_json(config)
   # --train_minutes counts the loop's wall clock (steps, snapshots, samples)
   # over all runs on this workdir: the checkpoints carry the seconds so far.
   budget = 60.0 * config.train.train_minutes

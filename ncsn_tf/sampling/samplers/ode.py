@@ -2,8 +2,11 @@
 
 dx/dt = f(x, t) − ½ g(t)² ∇ log p_t(x) moves samples of p_T to samples of
 p_0 deterministically (and back: `ode_encode`). It is integrated in t, not in
-σ: DESIGN.md measured the VE ODE stiff in σ near σ_min (over 30,000
-evaluations at rtol 1e-3) and 48 in t.
+σ: for the VE SDE, dx/dσ = −σ ∇log p_σ(x) has a Jacobian of order 1/σ near the
+data (100 at σ_min = 0.01: stiff), while in t the factor g(t)² = 2σ² log(σ_max/σ_min)
+cancels the 1/σ² of the score's Jacobian, leaving an order of log(σ_max/σ_min) (7.6
+for the toy) at every t; the toy's ODE takes 48-66 evaluations at rtol 1e-3
+(docs/sde.md, "Which sampler").
 
 TFP's DormandPrince only integrates towards larger times, so a solve from
 t_start to t_end runs in τ = |t − t_start| ∈ [0, |t_end − t_start|], with
@@ -21,6 +24,13 @@ from ncsn_tf.noise import expand_to
 from ncsn_tf.sampling import callbacks
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling.samplers import registry
+
+#: The most steps any probability-flow solve may take (the ODE sampler's, encoding, and
+#: ncsn_tf/likelihood.py's): 6x the slowest solve measured (shapes likelihood at rtol
+#: 1e-5: 3834 evaluations, about 640 steps of 6), so a solve that meets it is not
+#: converging (a non-finite state, a score that explodes): it fails with an
+#: InvalidArgumentError "max_num_steps exceeded" instead of running forever.
+MAX_SOLVER_STEPS = 4096
 
 
 def ode_drift(score_fn, sde):
@@ -69,7 +79,7 @@ def solve_ode(drift_fn, x, t_start, t_end, rtol, atol):
     t = tf.clip_by_value(t_start + sign * tau, t_low, t_high)
     return sign * drift_fn(y, tf.fill([batch], t))
 
-  solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol)
+  solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol, max_num_steps=MAX_SOLVER_STEPS)
   results = solver.solve(tau_drift, initial_time=0.0, initial_state=x,
                          solution_times=[abs(t_end - t_start)])
   return results.states[-1], tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int32)
