@@ -9,7 +9,7 @@ type, a value outside an enum or a bad combination fails with the same
 one-line `ConfigError` naming the flag:
 
     config = Config.from_flagfile('tf_configs/toy_gmm.cfg', train_steps=2000)
-    config = with_flags(config, {'sampling'}, sampler='pc', snr=0.1)
+    config = with_flags(config, {'sampler', 'snr'}, sampler='pc', snr=0.1)
 
 A flagfile is a path, or the name of one of the repository's tf_configs/
 files ('cifar10' is tf_configs/cifar10.cfg). Override values are Python
@@ -132,23 +132,28 @@ def from_flagfile(path: str, **overrides) -> schema.Config:
   return config_from_flags(_parse(argv), argv)
 
 
-def with_flags(config: schema.Config, groups=None, **values) -> schema.Config:
+def from_argv(argv) -> schema.Config:
+  """The validated Config of command-line flags (`['--flagfile=tf_configs/cifar10.cfg',
+  '--workdir=runs/x']`), parsed as run.py parses them; ConfigError naming the flag."""
+  argv = list(argv)
+  return config_from_flags(_parse(argv), argv)
+
+
+def with_flags(config: schema.Config, allowed=None, **values) -> schema.Config:
   """`config` with some settings replaced by flag name, parsed and validated as flags are.
 
-  groups: None (any setting), or the groups whose settings may change (e.g.
-  {'sampling'}); a flag of another group raises ConfigError saying which
-  groups may change. Raises ConfigError naming the flag on a bad value.
+  allowed: None (any flag), or the flag names that may change here (e.g. a
+  sampler's settings); another flag raises ConfigError listing them. Raises
+  ConfigError naming the flag on a value its parser or validation refuses.
   """
   if not values:
     return config
-  by_flag = {s.flag: s for s in schema.settings()}
   for name in values:
-    if name in by_flag and groups is not None and by_flag[name].group not in groups:
-      allowed = sorted(s.flag for s in schema.settings() if s.group in groups)
-      raise schema.ConfigError(
-          f'--{name}: not a setting that may change here (the {"/".join(sorted(groups))} '
-          f'flags may: {", ".join(allowed)})')
+    if allowed is not None and name not in allowed:
+      raise schema.ConfigError(f'--{name}: not a setting that may change here; these may: '
+                               f'{", ".join(sorted(allowed))}')
   parsed = _parse([f'--{name}={_flag_text(value)}' for name, value in values.items()])
+  by_flag = {s.flag: s for s in schema.settings()}
   changes = {}
   for name in values:
     group, _, field = by_flag[name].path.rpartition('.')

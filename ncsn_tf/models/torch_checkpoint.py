@@ -92,7 +92,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-__all__ = ['DATA_PARALLEL_PREFIX', 'load_state_dicts', 'score_state_dict']
+__all__ = ['DATA_PARALLEL_PREFIX', 'load_state_dicts', 'score_state_dict', 'score_state_of',
+           'training_step']
 
 DATA_PARALLEL_PREFIX = 'module.'
 
@@ -548,15 +549,28 @@ def score_state_dict(path: str | os.PathLike, *,
     FileNotFoundError, ValueError: as load_state_dicts, and ValueError when
       the file holds no state_dict (a mapping of names to tensors) there.
   """
-  obj = load_state_dicts(path)
-  if isinstance(obj, (list, tuple)) and obj and _is_state_dict(obj[0]):
-    state = obj[0]
-  elif _is_state_dict(obj):
-    state = obj
-  else:
-    raise ValueError(f'{os.fspath(path)}: holds no state_dict: expected [score state_dict, '
-                     f'optimizer state_dict] as ermongroup/ncsn saves, found {_describe(obj)}')
-  state = dict(state)
+  state = score_state_of(load_state_dicts(path), path)
   if strip_data_parallel_prefix and all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
     state = {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
   return state
+
+
+def score_state_of(obj: Any, path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The score state_dict (names as saved) of what `load_state_dicts(path)` returned."""
+  if isinstance(obj, (list, tuple)) and obj and _is_state_dict(obj[0]):
+    return dict(obj[0])
+  if _is_state_dict(obj):
+    return dict(obj)
+  raise ValueError(f'{os.fspath(path)}: holds no state_dict: expected [score state_dict, '
+                   f'optimizer state_dict] as ermongroup/ncsn saves, found {_describe(obj)}')
+
+
+def training_step(obj: Any) -> int | None:
+  """The Adam step count of an ermongroup/ncsn checkpoint (what `load_state_dicts` returned):
+  the training iterations it was saved after; None when the file holds no optimizer state."""
+  if not (isinstance(obj, (list, tuple)) and len(obj) > 1 and isinstance(obj[1], Mapping)):
+    return None
+  steps = [entry.get('step') for entry in dict(obj[1].get('state') or {}).values()
+           if isinstance(entry, Mapping)]
+  steps = [int(np.asarray(s)) for s in steps if s is not None and np.asarray(s).size == 1]
+  return max(steps) if steps else None
