@@ -8,6 +8,7 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import ncsn_tf  # noqa: E402
 from ncsn_tf.runtime import devices
 
   # noqa: E402
@@ -37,3 +38,39 @@ def mixed_bfloat16():
     yield
   finally:
     keras.mixed_precision.set_global_policy('float32')
+
+
+# --- tiny trained runs for the Python API's tests (docs/python.md) ------------------------
+# Session-scoped: the API's tests, the example's and the docs' Python blocks share them
+# (one of each per test process). Each is trained by `ncsn_tf.train` (train, sample,
+# evaluate, export) at sizes that keep it to seconds; their numbers mean nothing.
+
+#: tf_configs/toy_gmm_sde.cfg shrunk: a narrow MLP, few steps, short chains and tolerances.
+TINY_TOY_SDE = dict(ngf=32, train_steps=40, snapshot_freq=40, log_freq=20, num_samples=64,
+                    sample_batch_size=64, n_steps_each=2, ode_rtol=1e-2, ode_atol=1e-2,
+                    heldout_batches=1)
+#: tf_configs/digits.cfg (class-conditional U-Net, guidance=free) shrunk to 8 px and width 4;
+#: float32, so that a workdir and its export agree to float32 round-off on any machine.
+TINY_DIGITS = dict(image_size=8, ngf=4, precision='float32', train_minutes=0, train_steps=4, snapshot_freq=4,
+                   log_freq=2, heldout_batches=1, num_samples=10, sample_batch_size=10,
+                   num_scales=10, sampling_steps=3, n_steps_each=1, num_snapshots=2)
+
+
+def _tiny_run(tmp_path_factory, flagfile, name, **flags):
+  root = tmp_path_factory.mktemp(name)
+  config = ncsn_tf.Config.from_flagfile(os.path.join(REPO_ROOT, flagfile),
+                                        workdir=str(root / 'run'), export_dir=str(root / 'export'),
+                                        **flags)
+  return ncsn_tf.train(config), str(root / 'export')
+
+
+@pytest.fixture(scope='session')
+def toy_sde_run(tmp_path_factory):
+  """(workdir, export root) of a tiny tf_configs/toy_gmm_sde.cfg run."""
+  return _tiny_run(tmp_path_factory, 'tf_configs/toy_gmm_sde.cfg', 'toy_sde', **TINY_TOY_SDE)
+
+
+@pytest.fixture(scope='session')
+def digits_run(tmp_path_factory):
+  """(workdir, export root) of a tiny class-conditional tf_configs/digits.cfg run."""
+  return _tiny_run(tmp_path_factory, 'tf_configs/digits.cfg', 'digits', **TINY_DIGITS)

@@ -63,7 +63,9 @@ class LogLikelihood:
   log_prob: log p_model(x) in nats (by the probability-flow ODE).
   log_prob_stderr: the estimator's standard error of log_prob: 0 with the
     exact trace, the spread of the K Hutchinson probes' estimates over √K with
-    K >= 2 probes, NaN with one probe (one draw has no spread).
+    K >= 2 probes, NaN with one probe (one draw has no spread). In 2-D a
+    Rademacher probe's estimate takes only two values, so a few of them may
+    agree by chance (spread 0): use probe='gaussian' or exact_trace there.
   bits_per_dim, bits_per_dim_stderr: the same in bits per dimension in 8-bit
     pixel units (docs/likelihood.md) for images; None for the toys.
   nfe: the ODE solver's evaluations of the score (with its divergence).
