@@ -74,3 +74,18 @@ def toy_sde_run(tmp_path_factory):
 def digits_run(tmp_path_factory):
   """(workdir, export root) of a tiny class-conditional tf_configs/digits.cfg run."""
   return _tiny_run(tmp_path_factory, 'tf_configs/digits.cfg', 'digits', **TINY_DIGITS)
+
+
+@pytest.fixture(scope='session')
+def shapes_run(tmp_path_factory):
+  """The workdir of a tiny tf_configs/shapes_sde.cfg run (RGB) at step 0: the training loop's
+  first checkpoint only. Colourisation and inpainting impose the known axes whatever the
+  network says, so their checks need no trained model."""
+  # Imported here: the module's imports would run before configure_cpu_replicas above.
+  from ncsn_tf.training import loop as train_loop  # pylint: disable=import-outside-toplevel
+  config = ncsn_tf.Config.from_flagfile(
+      os.path.join(REPO_ROOT, 'tf_configs/shapes_sde.cfg'),
+      workdir=str(tmp_path_factory.mktemp('shapes') / 'run'), image_size=16, ngf=4,
+      train_steps=0, snapshot_freq=1, heldout_batches=1, num_scales=10, precision='float32')
+  train_loop.train(config)
+  return config.workdir

@@ -19,7 +19,6 @@ from conftest import REPO_ROOT
 import ncsn_tf
 import pipeline_calls
 from ncsn_tf.sampling import conditions
-from ncsn_tf.training import loop as train_loop
 
 HELPER = os.path.join(os.path.dirname(__file__), 'pipeline_calls.py')
 
@@ -113,21 +112,17 @@ def test_labels_inpainting_match_the_export_in_a_fresh_process(digits_run, digit
   assert ours['sample_labels'].shape == (5, 8, 8, 1) and digits.num_classes == 10
 
 
-def test_colorize_keeps_each_pixels_grey_value(tmp_path):
+def test_colorize_keeps_each_pixels_grey_value(shapes_run):
   # An RGB run at step 0 suffices: the grey axis is imposed, whatever the network says.
-  config = ncsn_tf.Config.from_flagfile(
-      os.path.join(REPO_ROOT, 'tf_configs/shapes_sde.cfg'), workdir=str(tmp_path / 'shapes'),
-      image_size=16, ngf=4, train_steps=0, snapshot_freq=1, heldout_batches=1, num_scales=10)
-  train_loop.train(config)
-  pipe = ncsn_tf.load(config.workdir)
+  pipe = ncsn_tf.load(shapes_run)
   rgb = np.random.default_rng(0).uniform(0, 1, [2, 16, 16, 3]).astype(np.float32)
   grey = rgb.mean(axis=-1, keepdims=True)
   for images in (rgb, grey):
     colour = pipe.colorize(images, sampler='heun', sampling_steps=3, seed=1)
     assert colour.shape == (2, 16, 16, 3)
-    inside = (colour > 1e-6) & (colour < 1 - 1e-6)  # where [0, 1] clipping did not move it
-    np.testing.assert_allclose(conditions.grey_of(colour).numpy()[inside.all(-1)],
-                               grey[inside.all(-1)], atol=1e-5)
+    inside = ((colour > 1e-6) & (colour < 1 - 1e-6)).all(axis=-1)  # not moved by the clipping
+    np.testing.assert_allclose(conditions.grey_of(colour).numpy()[inside], grey[inside],
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize('call, message', [

@@ -3,7 +3,7 @@
 tests/reference/ holds (made by tests/reference/make_checkpoint_fixture.py with
 the official ermongroup/ncsn code) an official-style checkpoint,
 `[DataParallel(CondRefineNetDilated).state_dict(), Adam.state_dict()]` for
-32x32x3 images (ngf 2, 4 levels, two Adam steps), in torch.save's legacy format
+32x32x3 images (ngf 4, 4 levels, two Adam steps), in torch.save's legacy format
 (as the 2019 checkpoints) and in its zip format; small files of shared-storage,
 strided and every-dtype tensors in both formats; and an npz with torch's own
 arrays for all of it, random images and the reference model's scores on them.
@@ -18,6 +18,8 @@ import zipfile
 import numpy as np
 import pytest
 
+import ncsn_tf
+from ncsn_tf.cli import import_checkpoint
 from ncsn_tf.models.reference_weights import assign_reference_weights
 from ncsn_tf.models.refinenet import CondRefineNetDilated
 from ncsn_tf.models.torch_checkpoint import DATA_PARALLEL_PREFIX, load_state_dicts, score_state_dict
@@ -305,3 +307,53 @@ def _rewrite_pickle(source, target, edit):
         assert edited != data
         data = edited
       dst.writestr(info, data)
+
+
+# --- the paper's checkpoint through ncsn_tf.load and the import command ---------------
+
+#: tf_configs/cifar10.cfg with the fixture's network: ngf 4 and 4 levels (σ 1 -> 0.01).
+FIXTURE_FLAGS = dict(ngf=4, num_scales=4)
+
+
+def _assert_reference_scores(pipe, expected):
+  x, levels, want = expected['x'], expected['levels'], expected['score']
+  got = pipe.score(x, pipe.sigmas[levels])
+  np.testing.assert_allclose(got, want, rtol=0, atol=RELATIVE_TOLERANCE * np.abs(want).max())
+
+
+def test_load_gives_the_reference_scores_and_samples_with_annealed_langevin(expected):
+  config = ncsn_tf.Config.from_flagfile('cifar10', **FIXTURE_FLAGS)
+  pipe = ncsn_tf.load(_path('checkpoint_zip.pth'), config=config)
+  assert pipe.source.kind == 'torch' and pipe.source.step == 2  # two Adam steps
+  assert pipe.data_shape == (32, 32, 3) and pipe.sde is None and pipe.num_classes == 0
+  _assert_reference_scores(pipe, expected)
+  with pytest.raises(ValueError, match='^sigma: sigma off the ladder'):
+    pipe.score(expected['x'], 0.5)  # a ladder network answers at its levels only
+  samples = pipe.sample(2, n_steps_each=1, seed=0)  # the flagfile's annealed Langevin
+  assert pipe.config.sampling.sampler == 'ald' and pipe.nfe == 4
+  assert samples.shape == (2, 32, 32, 3) and samples.min() >= 0 and samples.max() <= 1
+
+
+def test_a_config_of_another_network_says_what_to_pass():
+  with pytest.raises(ValueError) as caught:
+    ncsn_tf.load(_path('checkpoint_legacy.pth'), config='cifar10')
+  assert str(caught.value) == (
+      f"config: {_path('checkpoint_legacy.pth')} holds a network with ngf 4, num_scales 4; the "
+      "config cifar10 has ngf 128, num_scales 10: pass "
+      "config=ncsn_tf.Config.from_flagfile('cifar10', ngf=4, num_scales=4)")
+  with pytest.raises(ValueError, match='^config: a checkpoint file holds no settings'):
+    ncsn_tf.load(_path('checkpoint_legacy.pth'))
+
+
+def test_the_import_command_writes_a_workdir_every_mode_loads(tmp_path, expected, capsys):
+  workdir = tmp_path / 'ncsn_cifar10'
+  # docs/images.md's first command, with the fixture's network (float32, as torch computes).
+  argv = [_path('checkpoint_legacy.pth'), '--flagfile=tf_configs/cifar10.cfg', '--ngf=4',
+          '--num_scales=4', '--precision=float32', f'--workdir={workdir}']
+  assert import_checkpoint.main(argv) == 0
+  assert capsys.readouterr().out.strip() == str(workdir)
+  pipe = ncsn_tf.load(workdir)
+  assert pipe.source.kind == 'workdir' and pipe.source.step == 2
+  _assert_reference_scores(pipe, expected)
+  assert import_checkpoint.main(argv) == 2  # never over an existing run's checkpoints
+  assert 'already holds checkpoints' in capsys.readouterr().err

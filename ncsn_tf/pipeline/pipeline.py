@@ -65,7 +65,7 @@ class LogLikelihood:
     exact trace, the spread of the K Hutchinson probes' estimates over √K with
     K >= 2 probes, NaN with one probe (one draw has no spread). In 2-D a
     Rademacher probe's estimate takes only two values, so a few of them may
-    agree by chance (spread 0): use probe='gaussian' or exact_trace there.
+    agree by chance (spread 0): use exact_trace for the toys.
   bits_per_dim, bits_per_dim_stderr: the same in bits per dimension in 8-bit
     pixel units (docs/likelihood.md) for images; None for the toys.
   nfe: the ODE solver's evaluations of the score (with its divergence).
@@ -139,6 +139,8 @@ class Pipeline:
     values = dict(settings)
     if sampler is not None:
       values['sampler'] = sampler
+    if not values:
+      return self.config  # Validated when loaded.
     return configured.validate(flagfile.with_flags(self.config, sampler_flags(), **values))
 
   def _batch(self, x, name: str, shape=None) -> np.ndarray:
@@ -378,8 +380,9 @@ class Pipeline:
     if channels != conditions.ColourTransform.channels or self.config.data.logit_transform:
       raise ValueError(f'colorize: needs an RGB model that is not --logit_transform; this one has '
                        f'{channels} channel(s)')
-    given = np.asarray(images).shape[-1:] if np.ndim(images) else ()
-    images = self._batch(images, 'images', (height, width, given[0] if given in ((1,), (3,))
+    # Grey or RGB input: the channel count given, when it is one of those two.
+    given = np.shape(images)[-1] if np.ndim(images) == len(self.data_shape) + 1 else None
+    images = self._batch(images, 'images', (height, width, given if given in (1, channels)
                                             else channels))
     self._images_in_range(images, 'images')
     seed = _check_int(seed, 'seed', 0, MAX_SEED)

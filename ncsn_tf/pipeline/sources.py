@@ -69,6 +69,7 @@ class ServedNetwork:
   label_classes = 0
 
   def __init__(self, loaded, continuous: bool):
+    self._loaded = loaded  # Its variables live as long as the functions that read them.
     self._function = loaded.score_sigma if continuous else loaded.score
 
   def __call__(self, x, level):

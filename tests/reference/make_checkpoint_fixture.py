@@ -7,9 +7,8 @@ Run in a Python that has torch and numpy, with a checkout of ermongroup/ncsn
 
 (out_dir defaults to this script's folder.)
 
-It builds the reference CondRefineNetDilated for 32x32x3 images with ngf 2 and
-4 levels (ngf 2, not the other fixture's 4, keeps each file under 300 kB with
-Adam's two moments per parameter), wraps it in torch.nn.DataParallel as the
+It builds the reference CondRefineNetDilated for 32x32x3 images with ngf 4 and
+4 levels (make_refinenet_outputs.py's network), wraps it in torch.nn.DataParallel as the
 official runner does, draws every parameter far from its initial value (as
 make_refinenet_outputs.py), takes two Adam steps on the annealed DSM loss
 (lr 1e-3, the official config's optimizer), and saves
@@ -39,7 +38,7 @@ import types
 import numpy as np
 import torch
 
-NGF, LEVELS, BATCH, SIZE, CHANNELS = 2, 4, 2, 32, 3
+NGF, LEVELS, BATCH, SIZE, CHANNELS = 4, 4, 2, 32, 3
 HERE = os.path.dirname(os.path.abspath(__file__))  # main() may point it elsewhere
 
 
@@ -73,8 +72,7 @@ def _official_checkpoint(reference_checkout):
   states = [score.state_dict(), optimizer.state_dict()]
   for entry in states[1]['state'].values():
     # PyTorch 1.0/1.1's Adam, which wrote the official checkpoints, kept 'step' as
-    # an int; today's keeps a 0-d tensor per parameter, 173 more storages that
-    # would push the zip file past 300 kB (0-d tensors are in views_*.pth).
+    # an int; today's keeps a 0-d tensor per parameter (0-d tensors are in views_*.pth).
     entry['step'] = int(entry['step'])
   torch.save(states, os.path.join(HERE, 'checkpoint_legacy.pth'),
              _use_new_zipfile_serialization=False)
