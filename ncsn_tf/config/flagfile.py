@@ -55,8 +55,8 @@ def config_name_from_argv(argv) -> str:
   return name
 
 
-def config_from_flags(flag_values: flags.FlagValues, argv) -> schema.Config:
-  """A validated Config from parsed `flag_values`; raises ConfigError.
+def config_of_flags(flag_values: flags.FlagValues, argv) -> schema.Config:
+  """The Config of parsed `flag_values`, not yet validated.
 
   A setting with a derived default (the config name, --workdir, --export_dir)
   takes it when its flag is unset or empty; the config name comes first, as the
@@ -72,7 +72,7 @@ def config_from_flags(flag_values: flags.FlagValues, argv) -> schema.Config:
   for group, cls in schema.GROUPS.items():
     top[group] = cls(**{path.split('.', 1)[1]: value for path, value in values.items()
                         if path.startswith(group + '.')})
-  return validate(schema.Config(**top))
+  return schema.Config(**top)
 
 
 def _flag_text(value) -> str:
@@ -129,14 +129,14 @@ def from_flagfile(path: str, **overrides) -> schema.Config:
   path = resolve_flagfile(path)
   argv = [f'--flagfile={path}'] + [f'--{name}={_flag_text(value)}'
                                    for name, value in overrides.items()]
-  return config_from_flags(_parse(argv), argv)
+  return validate(config_of_flags(_parse(argv), argv))
 
 
 def from_argv(argv) -> schema.Config:
   """The validated Config of command-line flags (`['--flagfile=tf_configs/cifar10.cfg',
   '--workdir=runs/x']`), parsed as run.py parses them; ConfigError naming the flag."""
   argv = list(argv)
-  return config_from_flags(_parse(argv), argv)
+  return validate(config_of_flags(_parse(argv), argv))
 
 
 def with_flags(config: schema.Config, allowed=None, **values) -> schema.Config:

@@ -27,4 +27,4 @@ def build_config(argv) -> config_lib.Config:
   takes it when its flag is unset or empty; the config name comes first, as the
   others are made from it.
   """
-  return flagfile.config_from_flags(FLAGS, argv)
+  return config_lib.validate(flagfile.config_of_flags(FLAGS, argv))
