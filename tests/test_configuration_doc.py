@@ -205,13 +205,20 @@ def test_a_choice_outside_its_values_is_a_config_error_naming_the_flag(tmp_path)
 
 
 def test_only_flags_py_uses_absl_flags():
+  # flags.py alone defines and reads absl's global FLAGS; flagfile.py parses with a
+  # FlagValues of its own (Config.from_flagfile), which touches no global state.
   package = os.path.join(REPO_ROOT, 'ncsn_tf')
-  users = []
+  users, global_readers = [], []
   for root, _, files in os.walk(package):
     for name in files:
       if name.endswith('.py'):
         path = os.path.join(root, name)
         with open(path, encoding='utf-8') as f:
-          if re.search(r'^\s*from absl import flags|^\s*import absl.flags', f.read(), re.MULTILINE):
-            users.append(os.path.relpath(path, REPO_ROOT))
-  assert users == [os.path.join('ncsn_tf', 'config', 'flags.py')]
+          text = f.read()
+        if re.search(r'^\s*from absl import flags|^\s*import absl.flags', text, re.MULTILINE):
+          users.append(os.path.relpath(path, REPO_ROOT))
+        if re.search(r'\bflags\.FLAGS\b|from absl.flags import FLAGS', text):
+          global_readers.append(os.path.relpath(path, REPO_ROOT))
+  assert sorted(users) == [os.path.join('ncsn_tf', 'config', name)
+                           for name in ('flagfile.py', 'flags.py')]
+  assert global_readers == [os.path.join('ncsn_tf', 'config', 'flags.py')]

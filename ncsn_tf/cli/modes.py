@@ -1,6 +1,6 @@
 """One function per `--mode`; `run.py` parses flags and calls these, each a call into the library.
 
-train      -> ncsn_tf.api.train: train (or resume), then sample, evaluate and export
+train      -> ncsn_tf.api.train_run: train (or resume), then sample, evaluate and export
 sample     -> <workdir>/samples/ (--guidance: samples_guided/): samples.npz and pictures
 eval       -> per checkpoint: toy exact metrics and figures, or images' IS/FID/KID; held-out loss
 stats      -> FID reference statistics (mean, covariance) of a dataset split
@@ -21,7 +21,7 @@ from ncsn_tf.lab import experiments
 
 
 def run_train(config: config_lib.Config) -> dict:
-  return api.train(config)
+  return api.train_run(config)
 
 
 def run_sample(config: config_lib.Config, state=None) -> str:

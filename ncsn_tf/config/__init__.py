@@ -11,3 +11,9 @@ from ncsn_tf.config.validate import (  # noqa: F401
     validate, tf_config_cluster, num_workers, read_json)
 from ncsn_tf.config.resume import (  # noqa: F401
     RESUME_SAFE_FIELDS, resume_mismatches)
+from ncsn_tf.config import flagfile  # noqa: E402
+
+# `Config.from_flagfile('tf_configs/toy_gmm.cfg', **overrides)`: the command line's
+# parsing and checks from Python (config/flagfile.py). Attached here because
+# flagfile.py builds Configs, so schema.py, which defines Config, cannot import it.
+Config.from_flagfile = staticmethod(flagfile.from_flagfile)

@@ -43,11 +43,12 @@ workdir with checkpoints is refused, naming the settings that differ.
 ## Adding a setting
 
 Adding a setting is one field with its metadata plus its validation, nothing
-else: `ncsn_tf/config/flags.py` defines the flag from the field (its type from the
+else: `ncsn_tf/config/flagfile.py` defines the flag from the field (its type from the
 annotation: `str`, `int`, `float`, `bool` or `str | None`) and fills the field
 from it, and this page gets its row when regenerated. For example, a gradient
 clipping norm:
 
+<!-- not-run: two fragments to paste into ncsn_tf/config/schema.py and validate.py, not a script -->
 ```python
 # ncsn_tf/config/schema.py, in TrainConfig:
   grad_clip: float = setting(0.0, 'Clip the global gradient norm to this value (0: off).')

@@ -29,9 +29,25 @@ import tensorflow as tf
 from ncsn_tf import config as config_lib
 from ncsn_tf import noise
 from ncsn_tf.data import toy
+from ncsn_tf.models import registry as networks
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.sampling import distributed
 from ncsn_tf.sampling import samplers
+
+
+def validate(config: config_lib.Config) -> config_lib.Config:
+  """`config` if every setting is valid and the registries have what it names.
+
+  First the settings (ncsn_tf.config.validate, no TensorFlow needed; it imports
+  the --extensions modules), then the network, SDE and sampler registries,
+  which hold extensions too. Raises ConfigError with a one-line message naming
+  the flag. (ncsn_tf.api.validate and the Python API's pipelines call this.)
+  """
+  config = config_lib.validate(config)
+  networks.check_config(config)
+  noise.check_sde_config(config)
+  samplers.check_config(config, noise.build_sde(config.model))
+  return config
 
 
 def uniform_initial_state(shape, num: tf.Tensor, seed: tf.Tensor,
