@@ -35,7 +35,7 @@ def validate(config: schema.Config) -> schema.Config:
     if s.choices:
       value = s.get(config)
       _require(value in s.choices, s.flag,
-               f'must be one of {", ".join(s.choices)}, got {value!r}')
+               f'must be one of {", ".join(map(str, s.choices))}, got {value!r}')
   _require(bool(config.workdir), 'workdir', 'must not be empty')
   _require(config.seed >= 0, 'seed', f'must be >= 0, got {config.seed}')
   if config.mode == 'inpaint':
@@ -48,7 +48,12 @@ def validate(config: schema.Config) -> schema.Config:
              'colorize knows the grey axis of pixel values, which is not linear in logits: '
              'pass --logit_transform=false')
   if config.mode == 'experiment':
-    _require(config.data.is_toy, 'mode', 'experiment needs a toy --dataset (exact scores)')
+    image_experiment = config.experiment in schema.IMAGE_EXPERIMENTS
+    _require(config.data.is_toy != image_experiment, 'experiment',
+             f'{config.experiment} needs an image --dataset with a judge (digits, shapes)'
+             if image_experiment else
+             f'{config.experiment} needs a toy --dataset (exact scores); an image run has '
+             f'{", ".join(schema.IMAGE_EXPERIMENTS)}')
   if config.train.loss == 'esm':
     _require(config.data.is_toy, 'loss', 'esm needs the exact score: toy datasets only')
   _validate_data(config.data)
