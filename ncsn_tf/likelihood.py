@@ -167,7 +167,9 @@ def _solve_joint(score_fn, sde, x, probes, num_probes, dims, eps, rtol, atol):
   initial = (x, tf.zeros([batch], tf.float32))
   results = solver.solve(rhs, initial_time=eps, initial_state=initial, solution_times=[t_end])
   x_end, delta = (s[-1] for s in results.states)
-  return x_end, delta, tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int32)
+  # + 1: the evaluation at the solution time that TFP does not count (samplers/ode.py
+  # UNCOUNTED_EVALUATIONS explains it).
+  return x_end, delta, tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int32) + 1
 
 
 def log_likelihood_parts(score_fn, sde, x, seed=None, *, exact_trace=False, hutchinson_probes=1,
