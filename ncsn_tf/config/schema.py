@@ -419,13 +419,16 @@ class EvalConfig:
   likelihood_examples: int = setting(
       1000, '--mode=likelihood: examples to score (0: the whole split; toys: fresh draws).', resume_safe=True)
   hutchinson_probes: int = setting(
-      1, '--mode=likelihood: Hutchinson-Skilling probes per example for the divergence '
-      '(one draw, fixed over the solve; Song et al. 2021 use 1).', resume_safe=True)
+      4, '--mode=likelihood and the export, images (and toys with --exact_trace=false): '
+      'Hutchinson-Skilling probes per example for the divergence, each drawn once and held '
+      'fixed over the solve (Song et al. 2021 use 1); their spread gives each example\'s '
+      'standard error (needs >= 2).', resume_safe=True)
   probe: str = setting('rademacher', '--mode=likelihood: the probes\' distribution.',
                        choices=HUTCHINSON_PROBES, resume_safe=True)
   exact_trace: bool = setting(
-      False, '--mode=likelihood: the exact divergence by autodiff (one pass per dimension: '
-      'toys only) instead of the Hutchinson estimate.', resume_safe=True)
+      True, '--mode=likelihood and the export, toys: the exact divergence by autodiff (one '
+      'backward pass per dimension); false: the Hutchinson estimate. Images always use '
+      '--hutchinson_probes.', resume_safe=True)
   likelihood_repeats: int = setting(
       1, '--mode=likelihood, images: dequantisation draws averaged per image (docs/likelihood.md).', resume_safe=True)
 

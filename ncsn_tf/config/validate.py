@@ -318,10 +318,6 @@ def _validate_likelihood(config: schema.Config):
            'likelihood integrates the probability-flow ODE, which needs a continuous-σ model '
            '(--sde and --noise_embedding=fourier); a ladder network has no score between its levels')
   if not config.data.is_toy:
-    dims = 3 * config.data.image_size**2  # The most an image of this size can have.
-    _require(not ev.exact_trace, 'exact_trace',
-             f'is for the toys (one backward pass per dimension; images have up to {dims}): '
-             'use --hutchinson_probes')
     known = catalog.get(config.data.dataset).splits
     _require(ev.likelihood_split in known, 'likelihood_split',
              f'--dataset={config.data.dataset} has the splits {", ".join(known)}, '
