@@ -172,6 +172,47 @@ def test_the_sampler_comparison_writes_its_table_figure_and_metrics(tmp_path, mo
   assert saved['sde_samplers']['rows'][1]['learned']['nfe'] == 9
 
 
+def test_the_sampler_sweep_judges_every_row_on_an_image_run(tmp_path, monkeypatch):
+  """--experiment=sampler_sweep on a (two-step) digits run: the machinery, not the numbers
+  (docs/sde.md has those). Three rows, 8 samples in batches of 4: the table, the figure,
+  a grid per row, metrics.json; toys and ladder runs are refused naming the flag."""
+  from ncsn_tf.lab import sampler_sweep
+  monkeypatch.setattr(sampler_sweep, 'sweep_grid', lambda: [
+      ('Heun', 'Heun, 2 steps', {'sampler': 'heun', 'sampling_steps': 2}, 0),
+      ('DPM-Solver++ 2M', 'DPM-Solver++ 2M, 3 steps', {'sampler': 'dpm_solver',
+                                                        'sampling_steps': 3}, 0),
+      (None, 'annealed Langevin, 2nd seed', {'sampler': 'ald', 'n_steps_each': 1}, 1)])
+  overrides = ('--ngf=4', '--image_size=8', '--class_conditional=false', '--guidance=none',
+               '--batch_size=4', '--train_steps=2', '--train_minutes=0', '--heldout_batches=0',
+               '--num_scales=3', '--num_samples=8', '--sample_batch_size=4',
+               f'--workdir={tmp_path}/run')
+  train_loop.train(config_from_flagfile('digits', *overrides))
+  config = config_from_flagfile('digits', *overrides, '--mode=experiment',
+                                '--experiment=sampler_sweep')
+  metrics = experiments.run_experiment(config)
+  rows = metrics['sampler_sweep']['rows']
+  assert [(r['sampler'], r['nfe'], r['seed']) for r in rows] == [
+      ('Heun, 2 steps', 3, 0), ('DPM-Solver++ 2M, 3 steps', 3, 0),
+      ('annealed Langevin, 2nd seed', 4, 1)]
+  for row in rows:
+    assert row['inception_score'] >= 1 and np.isfinite(row['frechet_distance'])
+    assert row['seconds_per_image'] > 0
+  figures = tmp_path / 'run' / 'figures'
+  table = (figures / 'sampler_sweep.md').read_text()
+  assert '| Heun, 2 steps | 3 |' in table and '| real test digits | – |' in table
+  assert (figures / 'sampler_sweep.png').exists()
+  assert (figures / 'sampler_sweep' / 'dpm_solver_2m_3_steps.png').exists()
+  saved = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+  assert saved['sampler_sweep']['rows'][2]['nfe'] == 4
+  for build, expected in (
+      (lambda: sde_config(tmp_path, '--mode=experiment', '--experiment=sampler_sweep'),
+       '--experiment: sampler_sweep needs an image --dataset'),
+      (lambda: config_from_flagfile('digits', '--mode=experiment', f'--workdir={tmp_path}/w'),
+       '--experiment: all needs a toy --dataset')):
+    with pytest.raises(config_lib.ConfigError, match=expected):
+      api.validate(build())
+
+
 #: The learned-toy bar (issue 32): sampler -> (overrides, at most this share of annealed
 #: Langevin's NFE, MMD² bar, major-mode covariance bar, minor-mode covariance bar).
 #: Measured on toy_gmm_sde.cfg's model, 5000 samples (w₀ | MMD² | largest |Σ − I| of the
