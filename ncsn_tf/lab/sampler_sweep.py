@@ -10,7 +10,8 @@ in batches of --sample_batch_size, with each row of `sweep_grid`:
   (n steps, n NFE), EDM's stochastic sampler (Heun's steps with churn);
 - the references: annealed Langevin (the paper, 1000 NFE) with two seeds,
   for the run-to-run spread; PC (reverse diffusion + Langevin, 1000 steps,
-  2000 NFE); the adaptive SDE solver at two tolerances; the ODE at rtol 1e-3.
+  2000 NFE); the adaptive SDE solver at two tolerances (batch step control)
+  and per example; the ODE at rtol 1e-3.
 
 Every row starts from the same seed (the deterministic samplers from the same
 prior draws), so differences between rows are paired. Each row is judged by
@@ -86,6 +87,9 @@ def sweep_grid(nfe_targets=NFE_TARGETS) -> list:
              'sampling_steps': 1000}, 0)]
   rows += [(None, f'adaptive SDE, rtol {rtol:g}',
             {'sampler': 'adaptive_sde', 'adaptive_rtol': rtol}, 0) for rtol in ADAPTIVE_RTOLS]
+  rows.append((None, f'adaptive SDE, rtol {ADAPTIVE_RTOLS[0]:g}, per example',
+               {'sampler': 'adaptive_sde', 'adaptive_rtol': ADAPTIVE_RTOLS[0],
+                'adaptive_step_control': 'per_example'}, 0))
   rows.append((None, 'ODE, rtol 1e-3', {'sampler': 'ode', 'ode_rtol': 1e-3, 'ode_atol': 1e-3}, 0))
   return rows
 
