@@ -379,8 +379,8 @@ def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
   # The export answers as the mode did for the same images and seed, in a fresh
   # process: batch 0's probes come from [--seed, 0], the export's from [seed, 0].
   # (tf.saved_model.load: the session loader runs the same graph, as
-  # tests/test_serving.py checks on the toy's log_likelihood, but solves this ODE
-  # several times slower.)
+  # tests/test_serving.py checks on the toy's log_likelihood, but its first request
+  # pays a one-time cost of minutes: docs/likelihood.md, "Serving cost".)
   from ncsn_tf.serving import export as export_lib
   path = export_lib.export(state.score_model, config.replace(
       export={'export_dir': str(tmp_path / 'export')}), state.sigmas)
