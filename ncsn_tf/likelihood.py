@@ -56,11 +56,15 @@ PROBES = ('rademacher', 'gaussian')
 #:   log_prob: float32 [N], prior_log_prob + delta_log_prob (nats).
 #:   prior_log_prob: float32 [N], log π(x_T) under the SDE's prior.
 #:   delta_log_prob: float32 [N], ∫_eps^T div f̃ dt = log p_eps(x) − log p_T(x_T)
-#:     along the ODE path (exact or Hutchinson).
+#:     along the ODE path (exact, or the mean of the K Hutchinson probes' integrals).
+#:   log_prob_stderr: float32 [N], the Hutchinson estimate's standard error per example,
+#:     std_k/sqrt(K) of the K probes' integrals (ddof 1); 0 for the exact trace, NaN for
+#:     one probe (no spread to measure). The solver's own error is not in it.
 #:   latent: float32 [N, ...], x_T, the ODE's image of x at t = T.
 #:   nfe: int32 scalar, the solver's right-hand-side evaluations.
 LikelihoodParts = collections.namedtuple(
-    'LikelihoodParts', ['log_prob', 'prior_log_prob', 'delta_log_prob', 'latent', 'nfe'])
+    'LikelihoodParts', ['log_prob', 'prior_log_prob', 'delta_log_prob', 'latent', 'nfe',
+                        'log_prob_stderr'])
 
 
 def _check(condition, message):
@@ -120,22 +124,26 @@ def _exact_divergence(tape, flat_dx, x, dims):
   for i in range(dims):
     row = tape.gradient(flat_dx, x, output_gradients=tf.one_hot(tf.fill([batch], i), dims))
     diagonal.append(tf.reshape(row, [batch, dims])[:, i])
-  return tf.add_n(diagonal)
+  return tf.add_n(diagonal)[:, None]
 
 
 def _hutchinson_divergence(tape, dx, x, probes, num_probes):
-  """mean_k ε_k^T (∂dx/∂x) ε_k per example [N]; one reverse pass (VJP) per probe."""
+  """ε_k^T (∂dx/∂x) ε_k per example and probe [N, K]; one reverse pass (VJP) per probe.
+
+  Each probe's estimate is integrated on its own (the solve's state holds K
+  integrals), so their spread gives each example's standard error.
+  """
   axes = tf.range(1, tf.rank(x))
   estimates = []
   for k in range(num_probes):  # K is small and a Python int: an unrolled loop.
     vjp = tape.gradient(dx, x, output_gradients=probes[k])           # ε_k^T J, [N, ...]
     estimates.append(tf.reduce_sum(vjp * probes[k], axis=axes))
-  return tf.add_n(estimates) / float(len(estimates))
+  return tf.stack(estimates, axis=1)
 
 
 @tf.function(reduce_retracing=True)
 def _solve_joint(score_fn, sde, x, probes, num_probes, dims, eps, rtol, atol):
-  """(x_T, ∫ div f̃ dt, nfe) from eps to T; probes None means the exact trace.
+  """(x_T, ∫ div f̃ dt [N, K], nfe) from eps to T; probes None means the exact trace (K = 1).
 
   One trace per (score_fn, sde, trace kind, num_probes, dims, eps,
   tolerances). The loop counts K and D come in as Python ints: under
@@ -166,10 +174,12 @@ def _solve_joint(score_fn, sde, x, probes, num_probes, dims, eps, rtol, atol):
   solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol, max_num_steps=MAX_SOLVER_STEPS)
   # The error norm spans x and the running integral: the log-density gets
   # the same tolerance as the path (it is what we want accurate).
-  initial = (x, tf.zeros([batch], tf.float32))
+  initial = (x, tf.zeros([batch, max(num_probes, 1)], tf.float32))
   results = solver.solve(rhs, initial_time=eps, initial_state=initial, solution_times=[t_end])
   x_end, delta = (s[-1] for s in results.states)
-  return x_end, delta, tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int32)
+  # + 1: the evaluation at the solution time that TFP does not count (samplers/ode.py
+  # UNCOUNTED_EVALUATIONS explains it).
+  return x_end, delta, tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int32) + 1
 
 
 def log_likelihood_parts(score_fn, sde, x, seed=None, *, exact_trace=False, hutchinson_probes=1,
@@ -177,7 +187,7 @@ def log_likelihood_parts(score_fn, sde, x, seed=None, *, exact_trace=False, hutc
   """The model log-density at x with its parts: see `log_likelihood` for the arguments.
 
   Returns LikelihoodParts (log_prob, prior_log_prob, delta_log_prob, latent,
-  nfe). The latent x_T and the split let a caller replace the prior by a
+  nfe, log_prob_stderr). The latent x_T and the split let a caller replace the prior by a
   known p_T (tests do, to separate solver error from prior mismatch) or
   use x_T for outlier detection.
   """
@@ -194,10 +204,15 @@ def log_likelihood_parts(score_fn, sde, x, seed=None, *, exact_trace=False, hutc
          f'is over {MAX_EXACT_TRACE_DIMS}: use the Hutchinson estimator (exact_trace=False)')
   num_probes = 0 if exact_trace else int(hutchinson_probes)
   probes = None if exact_trace else draw_probes(tf.shape(x), num_probes, probe, seed)
-  latent, delta, nfe = _solve_joint(score_fn, sde, x, probes, num_probes, dims, eps, float(rtol),
-                                    float(atol))
+  latent, deltas, nfe = _solve_joint(score_fn, sde, x, probes, num_probes, dims, eps, float(rtol),
+                                     float(atol))
+  delta = tf.reduce_mean(deltas, axis=1)
+  if num_probes >= 2:  # s/√K with s the ddof-1 std: the population std over √(K − 1).
+    stderr = tf.math.reduce_std(deltas, axis=1) * np.sqrt(1.0 / (num_probes - 1))
+  else:  # The exact trace has no estimation error; one probe has no spread to measure.
+    stderr = tf.fill(tf.shape(delta), 0.0 if exact_trace else np.nan)
   prior = sde.prior_log_prob(latent)
-  return LikelihoodParts(prior + delta, prior, delta, latent, nfe)
+  return LikelihoodParts(prior + delta, prior, delta, latent, nfe, stderr)
 
 
 def log_likelihood(score_fn, sde, x, seed=None, *, exact_trace=False, hutchinson_probes=1,
@@ -225,7 +240,8 @@ def log_likelihood(score_fn, sde, x, seed=None, *, exact_trace=False, hutchinson
       most MAX_EXACT_TRACE_DIMS).
       Otherwise the Hutchinson-Skilling estimate: unbiased for log p_model(x),
       hence for bits/dim (affine in it), not for p_model(x) = exp(...).
-    hutchinson_probes: K >= 1 probes, their estimates averaged (variance / K).
+    hutchinson_probes: K >= 1 probes, their estimates averaged (variance / K); with
+      K >= 2 `log_likelihood_parts` also gives each example's standard error.
     probe: 'rademacher' or 'gaussian'.
     rtol, atol: DormandPrince's tolerances, > 0 (the SDE paper's 1e-5). The
       error norm is over the whole batch (x and the log-density together), so

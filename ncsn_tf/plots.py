@@ -112,6 +112,30 @@ def per_sigma_figure(sigmas, values: dict, ylabel: str, title: str, yscale: str 
   return fig
 
 
+def quality_vs_nfe_figure(series: dict, references: dict, ylabel: str, title: str):
+  """Sample quality against score evaluations (log axis).
+
+  series: {name: (nfe [K], value [K], stderr [K] or None)}, one line each;
+  references: {name: (nfe, value, stderr or None)}, each a horizontal line at
+  its value across the plot (shaded ± its stderr) and a marker at its NFE.
+  """
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for name, (nfe, value, stderr) in series.items():
+    ax.errorbar(nfe, value, yerr=stderr, marker='o', markersize=4, capsize=2, label=name)
+  for k, (name, (nfe, value, stderr)) in enumerate(references.items()):
+    colour = f'C{(len(series) + k) % 10}'
+    ax.axhline(value, color=colour, linestyle='--', linewidth=1)
+    if stderr is not None:
+      ax.axhspan(value - stderr, value + stderr, color=colour, alpha=0.12)
+    ax.plot([nfe], [value], marker='s', color=colour, linestyle='none', label=name)
+  ax.set_xscale('log')
+  ax.set_xlabel('score evaluations per sample (NFE)')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.legend(fontsize=7)
+  return fig
+
+
 def image_grid(images, nrow: int | None = None, padding: int = 2) -> np.ndarray:
   """Tiles images float [N, H, W, C] in [0, 1] into one uint8 [H', W', 3] grid."""
   images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)

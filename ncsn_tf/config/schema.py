@@ -20,7 +20,7 @@ MODE_HELP = {
     'sample': 'samples of the latest checkpoint',
     'eval': 'metrics of checkpoints (toys: exact; images: IS/FID/KID and held-out loss)',
     'export': 'a new SavedModel version',
-    'experiment': 'the score-matching lab (toys)',
+    'experiment': 'the score-matching lab (toys); on an image run, --experiment=sampler_sweep',
     'inpaint': 'complete masked test images',
     'colorize': 'colour grey test images (RGB)',
     'stats': 'FID reference statistics of a dataset split',
@@ -44,11 +44,16 @@ PROJECTIONS = ('gaussian', 'rademacher')
 
 
 #: --experiment values of --mode=experiment (see ncsn_tf/lab/experiments.py).
-EXPERIMENTS = ('all', 'objectives', 'trajectories', 'samplers', 'weights', 'sde_samplers')
+EXPERIMENTS = ('all', 'objectives', 'trajectories', 'samplers', 'weights', 'sde_samplers',
+               'sampler_sweep')
 
 
 #: The experiments of a continuous-σ run (--noise_embedding=fourier); the others train ladder networks.
-CONTINUOUS_EXPERIMENTS = ('sde_samplers',)
+CONTINUOUS_EXPERIMENTS = ('sde_samplers', 'sampler_sweep')
+
+
+#: The experiments of an image run (the rest need a toy's exact scores); not part of `all`.
+IMAGE_EXPERIMENTS = ('sampler_sweep',)
 
 
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
@@ -104,6 +109,20 @@ PREDICTORS = ('reverse_diffusion', 'euler_maruyama', 'ancestral', 'none')
 
 
 CORRECTORS = ('langevin', 'ald', 'none')
+
+
+#: --solver_order and --sigma_schedule values of --sampler=dpm_solver
+#: (ncsn_tf/sampling/samplers/dpm_solver.py ORDERS, SCHEDULES).
+SOLVER_ORDERS = (1, 2, 3)
+SIGMA_SCHEDULES = ('logsnr', 'karras', 'time_uniform')
+
+
+#: --condition_method values (ncsn_tf/sampling/samplers/condition_corrector.py).
+CONDITION_METHODS = ('flow', 'langevin')
+
+
+#: --adaptive_step_control values (ncsn_tf/sampling/samplers/adaptive_sde.py STEP_CONTROLS).
+STEP_CONTROLS = ('batch', 'per_example')
 
 
 class ConfigError(ValueError):
@@ -275,8 +294,10 @@ class SamplingConfig:
   """The sampler and its settings, and inpainting (ncsn_tf/sampling/); all resume-safe."""
   sampler: str = setting(
       'ald', 'ald (annealed Langevin on the ladder, the paper), pc (predictor-corrector), '
-      'ode (probability-flow ODE, adaptive) or heun (EDM, Karras et al. 2022); all but '
-      'ald need --sde. Every registered sampler: docs/sde.md.', resume_safe=True)
+      'ode (probability-flow ODE, adaptive), heun (EDM, Karras et al. 2022), dpm_solver '
+      '(DPM-Solver++, Lu et al. 2022), edm_stochastic (EDM Algorithm 2) or adaptive_sde '
+      '(Jolicoeur-Martineau et al. 2021); all but ald need --sde. Every registered sampler: '
+      'docs/sde.md.', resume_safe=True)
   predictor: str = setting('reverse_diffusion', '--sampler=pc: the predictor.',
                            choices=PREDICTORS, resume_safe=True)
   corrector: str = setting('langevin', '--sampler=pc: the corrector.', choices=CORRECTORS,
@@ -285,7 +306,9 @@ class SamplingConfig:
                        'ratio r that sets the step (Song et al. 2021: 0.16 for VE).',
                        resume_safe=True)
   sampling_steps: int = setting(1000, '--sampler=pc: N, the time steps (Song et al. 2021: '
-                                '1000); --sampler=heun: the σ steps.', resume_safe=True)
+                                '1000); heun, edm_stochastic: the σ steps (2N − 1 score '
+                                'evaluations); dpm_solver: the σ steps (N evaluations).',
+                                resume_safe=True)
   corrector_steps: int = setting(1, '--sampler=pc: corrector steps after each predictor step.',
                                  resume_safe=True)
   ode_rtol: float = setting(1e-5, '--sampler=ode: the solver\'s relative tolerance.',
@@ -294,6 +317,49 @@ class SamplingConfig:
                             resume_safe=True)
   sampling_eps: float = setting(1e-3, 'SDE samplers end at t = ε, in (0, 1) (Song et al. '
                                 '2021: 1e-3 for VP, 1e-5 for VE).', resume_safe=True)
+  solver_order: int = setting(
+      2, '--sampler=dpm_solver: 1 (DDIM), 2 (DPM-Solver++ 2M, the paper\'s) or 3 (3M; below '
+      '~15 steps use 2). A condition with --condition_method=langevin steps at order 1.',
+      choices=SOLVER_ORDERS, resume_safe=True)
+  sigma_schedule: str = setting(
+      'logsnr', '--sampler=dpm_solver: the σ steps, uniform in log σ (logsnr, the paper\'s), '
+      'EDM\'s ρ = 7 (karras) or uniform in t (time_uniform).', choices=SIGMA_SCHEDULES,
+      resume_safe=True)
+  condition_method: str = setting(
+      'langevin', '--sampler=dpm_solver, edm_stochastic, with inpainting or colourisation: '
+      'flow (the known coordinates through the score, as heun and ode; biased where the '
+      'unknown ones depend on them) or langevin (plus --condition_steps Langevin moves on '
+      'the unknown coordinates at every σ step; docs/sde.md, "Conditions").',
+      choices=CONDITION_METHODS, resume_safe=True)
+  condition_steps: int = setting(
+      3, '--condition_method=langevin: Langevin moves per σ step (3 at --condition_snr=0.25 '
+      'matched the exact Gaussian conditional; docs/sde.md, "Conditions").', resume_safe=True)
+  condition_snr: float = setting(
+      0.25, '--condition_method=langevin: r of the moves\' step ε = 2 (r ‖z‖/‖s‖)², over the '
+      'unknown coordinates.', resume_safe=True)
+  s_churn: float = setting(
+      0.0, '--sampler=edm_stochastic: S_churn >= 0, the total churn (Karras et al. 2022, '
+      'Algorithm 2; 0 is Heun).', resume_safe=True)
+  s_tmin: float = setting(0.0, '--sampler=edm_stochastic: the smallest σ that churns (S_tmin).',
+                          resume_safe=True)
+  s_tmax: float = setting(float('inf'), '--sampler=edm_stochastic: the largest σ that churns '
+                          '(S_tmax; inf: no bound).',
+                          resume_safe=True)
+  s_noise: float = setting(1.0, '--sampler=edm_stochastic: the churn noise\'s scale S_noise > 0.',
+                           resume_safe=True)
+  adaptive_atol: float = setting(
+      0.0078, '--sampler=adaptive_sde: ε_abs, the absolute tolerance in data units '
+      '(Jolicoeur-Martineau et al. 2021: 0.0078).', resume_safe=True)
+  adaptive_rtol: float = setting(
+      0.01, '--sampler=adaptive_sde: ε_rel, the relative tolerance (the paper: 0.01-0.05).',
+      resume_safe=True)
+  adaptive_max_nfe: int = setting(
+      10_000, '--sampler=adaptive_sde: the most score evaluations; a sampler that reaches it '
+      'stops with an error.', resume_safe=True)
+  adaptive_step_control: str = setting(
+      'batch', '--sampler=adaptive_sde: one step size for the batch (batch) or one per '
+      'example (per_example, the paper\'s; biased on low-dimensional data, docs/sde.md).',
+      choices=STEP_CONTROLS, resume_safe=True)
   n_steps_each: int = setting(100, 'T, Langevin steps per noise level.', resume_safe=True)
   step_lr: float = setting(0.05, 'ε: step ε_i = ε (σ_i/σ_L)², update x + ε_i s + sqrt(2ε_i) z.',
                            resume_safe=True)
@@ -369,13 +435,16 @@ class EvalConfig:
   likelihood_examples: int = setting(
       1000, '--mode=likelihood: examples to score (0: the whole split; toys: fresh draws).', resume_safe=True)
   hutchinson_probes: int = setting(
-      1, '--mode=likelihood: Hutchinson-Skilling probes per example for the divergence '
-      '(one draw, fixed over the solve; Song et al. 2021 use 1).', resume_safe=True)
+      4, '--mode=likelihood and the export, images (and toys with --exact_trace=false): '
+      'Hutchinson-Skilling probes per example for the divergence, each drawn once and held '
+      'fixed over the solve (Song et al. 2021 use 1); their spread gives each example\'s '
+      'standard error (needs >= 2).', resume_safe=True)
   probe: str = setting('rademacher', '--mode=likelihood: the probes\' distribution.',
                        choices=HUTCHINSON_PROBES, resume_safe=True)
   exact_trace: bool = setting(
-      False, '--mode=likelihood: the exact divergence by autodiff (one pass per dimension: '
-      'toys only) instead of the Hutchinson estimate.', resume_safe=True)
+      True, '--mode=likelihood and the export, toys: the exact divergence by autodiff (one '
+      'backward pass per dimension); false: the Hutchinson estimate. Images always use '
+      '--hutchinson_probes.', resume_safe=True)
   likelihood_repeats: int = setting(
       1, '--mode=likelihood, images: dequantisation draws averaged per image (docs/likelihood.md).', resume_safe=True)
 
@@ -391,7 +460,8 @@ class Config:
       'train', '; '.join(f'{mode}: {what}' for mode, what in MODE_HELP.items()) + '.',
       choices=MODES, enum=True, resume_safe=True)
   seed: int = setting(0, 'Global seed: data, noise levels, Langevin noise.')
-  experiment: str = setting('all', 'With --mode=experiment: the score-matching lab figure/table to make.',
+  experiment: str = setting('all', 'With --mode=experiment: the score-matching lab figure/table to '
+                            'make (sampler_sweep: the samplers on a trained image run).',
                             choices=EXPERIMENTS, enum=True, resume_safe=True)
   extensions: str = setting(
       '', 'Comma-separated Python modules (import names, or paths to .py files) imported '

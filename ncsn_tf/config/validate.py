@@ -42,7 +42,7 @@ def validate(config: schema.Config) -> schema.Config:
     if s.choices:
       value = s.get(config)
       _require(value in s.choices, s.flag,
-               f'must be one of {", ".join(s.choices)}, got {value!r}')
+               f'must be one of {", ".join(map(str, s.choices))}, got {value!r}')
   _require_finite_numbers(config)
   _require(bool(config.workdir), 'workdir', 'must not be empty')
   _require(config.seed >= 0, 'seed', f'must be >= 0, got {config.seed}')
@@ -56,7 +56,12 @@ def validate(config: schema.Config) -> schema.Config:
              'colorize knows the grey axis of pixel values, which is not linear in logits: '
              'pass --logit_transform=false')
   if config.mode == 'experiment':
-    _require(config.data.is_toy, 'mode', 'experiment needs a toy --dataset (exact scores)')
+    image_experiment = config.experiment in schema.IMAGE_EXPERIMENTS
+    _require(config.data.is_toy != image_experiment, 'experiment',
+             f'{config.experiment} needs an image --dataset with a judge (digits, shapes)'
+             if image_experiment else
+             f'{config.experiment} needs a toy --dataset (exact scores); an image run has '
+             f'{", ".join(schema.IMAGE_EXPERIMENTS)}')
   if config.train.loss == 'esm':
     _require(config.data.is_toy, 'loss', 'esm needs the exact score: toy datasets only')
   _validate_data(config.data)
@@ -364,10 +369,6 @@ def _validate_likelihood(config: schema.Config):
            'likelihood integrates the probability-flow ODE, which needs a continuous-σ model '
            '(--sde and --noise_embedding=fourier); a ladder network has no score between its levels')
   if not config.data.is_toy:
-    dims = 3 * config.data.image_size**2  # The most an image of this size can have.
-    _require(not ev.exact_trace, 'exact_trace',
-             f'is for the toys (one backward pass per dimension; images have up to {dims}): '
-             'use --hutchinson_probes')
     known = catalog.get(config.data.dataset).splits
     _require(ev.likelihood_split in known, 'likelihood_split',
              f'--dataset={config.data.dataset} has the splits {", ".join(known)}, '

@@ -13,6 +13,7 @@ from absl import logging
 
 from ncsn_tf import catalog
 from ncsn_tf import config as config_lib
+from ncsn_tf.data import digits
 from ncsn_tf.data import shapes
 from ncsn_tf.metrics import digit_judge
 from ncsn_tf.metrics import shape_fit
@@ -70,4 +71,27 @@ def judge_samples(images, labels, config: config_lib.Config, out_dir: str) -> di
     return write_shape_fit(images, config.data.image_size, out_dir)
   if judge == 'digit_judge':
     return write_digit_judgement(images, labels, config, out_dir)
+  return None
+
+
+def judge_scores(images, config: config_lib.Config) -> dict | None:
+  """The dataset judge's headline numbers for images float [N, S, S, C] in [0, 1], no files.
+
+  digits: {'inception_score', 'frechet_distance'} (metrics/digit_judge.py,
+  against the test digits; the Fréchet estimate depends on N, so compare
+  equal counts); shapes: {'fit_rate', 'fit_rate_stderr', 'objects',
+  'empty_images'} (metrics/shape_fit.py). None for a dataset without a judge.
+  """
+  judge = catalog.get(config.data.dataset).judge
+  if judge == 'shape_fit':
+    fit = shape_fit.shape_fit(images)
+    return {key: fit[key] for key in ('fit_rate', 'fit_rate_stderr', 'objects', 'empty_images')}
+  if judge == 'digit_judge':
+    size = config.data.image_size
+    classifier = digit_judge.fitted_classifier(size, config.seed)
+    train_images, _ = digits.load_digits_split('train', size)
+    test_images, _ = digits.load_digits_split('test', size)
+    result = digit_judge.judge(classifier, images, train_images=train_images / 255.0,
+                               reference_images=test_images / 255.0)
+    return {key: result[key] for key in ('inception_score', 'frechet_distance')}
   return None

@@ -7,7 +7,9 @@ the step, <workdir>/likelihood/<name>/ (`result_name`; likelihood/latest points
 to the newest), the same result into <workdir>/metrics.json (key 'likelihood',
 by name) and TensorBoard (eval/likelihood_*):
 
-- toys: the mean negative log-likelihood in nats with its standard error,
+- toys: the mean negative log-likelihood in nats with its standard error
+  (by default with the exact divergence, --exact_trace), and its correlation
+  with the exact value over the points,
   beside the same points' exact values from TFP: −log p_data (the true
   mixture's entropy, estimated on the same points) and −log p_σ(ε), the data
   perturbed to the model's smallest noise level, which is the density the
@@ -17,7 +19,9 @@ by name) and TensorBoard (eval/likelihood_*):
   baselines computed in the same run: the full-covariance Gaussian fitted to
   the training split, and the uniform density (8 bits/dim).
 
-Also the NFE per batch and the seconds per example.
+Also the mean of the examples' own standard errors (the Hutchinson estimate's,
+from the spread of its --hutchinson_probes probes; 0 for the exact trace), the
+NFE per batch and the seconds per example.
 """
 
 import os
@@ -50,17 +54,26 @@ GAUSSIAN_BASELINE_IMAGES = 10_000
 
 
 def ode_settings(config: config_lib.Config) -> dict:
-  """The likelihood settings of the run: tolerances and ε are the ODE sampler's."""
+  """The likelihood settings of the run: tolerances and ε are the ODE sampler's.
+
+  --exact_trace (the default) takes the exact divergence on the toys (2-D: two
+  backward passes per evaluation); images always take the Hutchinson estimate with
+  --hutchinson_probes (a backward pass per dimension would be thousands).
+  """
   ev, s = config.eval, config.sampling
-  return dict(exact_trace=ev.exact_trace, hutchinson_probes=ev.hutchinson_probes,
-              probe=ev.probe, rtol=s.ode_rtol, atol=s.ode_atol, eps=s.sampling_eps)
+  return dict(exact_trace=ev.exact_trace and config.data.is_toy,
+              hutchinson_probes=ev.hutchinson_probes, probe=ev.probe, rtol=s.ode_rtol,
+              atol=s.ode_atol, eps=s.sampling_eps)
 
 
 def model_log_prob(config: config_lib.Config, score_model, x, seed):
-  """(log p_model(x) float32 [N] in nats, nfe) of the run's SDE and ODE settings."""
+  """(log p_model(x) float32 [N] in nats, its standard error [N], nfe) of the run's SDE and
+  ODE settings; the standard error is the Hutchinson estimate's (likelihood.LikelihoodParts:
+  0 for the exact trace, NaN for one probe)."""
   sde = noise.build_sde(config.model)
-  return likelihood.log_likelihood(configured.time_score_fn(score_model, sde), sde, x, seed,
-                                   **ode_settings(config))
+  parts = likelihood.log_likelihood_parts(configured.time_score_fn(score_model, sde), sde, x,
+                                          seed, **ode_settings(config))
+  return parts.log_prob, parts.log_prob_stderr, parts.nfe
 
 
 def image_bits_per_dim(config: config_lib.Config, log_prob, x_model) -> tf.Tensor:
@@ -78,24 +91,37 @@ def _mean_and_stderr(values) -> tuple[float, float]:
       else float('nan')
 
 
+def _nan_mean(values):
+  """The mean of per-example standard errors, or None where they are not known (one probe)."""
+  values = np.asarray(values, np.float64)
+  return None if np.any(np.isnan(values)) else float(values.mean())
+
+
 def _batches(x, batch_size: int):
   for start in range(0, len(x), batch_size):
     yield start, x[start:start + batch_size]
 
 
 def _score_batches(config, score_model, x, to_metric, name: str):
-  """Runs the ODE over x in batches; returns (per-example metric [N], NFE per batch)."""
-  values, nfes = [], []
+  """Runs the ODE over x in batches.
+
+  Returns (per-example metric [N], its per-example standard error [N] in the metric's
+  units, NFE per batch); to_metric(log_prob, batch) is affine in log_prob, and
+  to_metric(0) − to_metric(stderr) scales the standard error alike.
+  """
+  values, stderrs, nfes = [], [], []
   progress = Progress(name, len(x))
   for k, (start, batch) in enumerate(_batches(x, config.eval.batch_size)):
     batch = tf.constant(batch, tf.float32)
-    log_prob, nfe = model_log_prob(config, score_model, batch,
-                                   tf.constant([config.seed, k], tf.int32))
+    log_prob, stderr, nfe = model_log_prob(config, score_model, batch,
+                                           tf.constant([config.seed, k], tf.int32))
     values.append(np.asarray(to_metric(log_prob, batch)))
+    stderrs.append(np.abs(np.asarray(to_metric(stderr, batch))
+                          - np.asarray(to_metric(tf.zeros_like(stderr), batch))))
     nfes.append(int(nfe))
     progress.update(start + len(batch))
   progress.close()
-  return np.concatenate(values), nfes
+  return np.concatenate(values), np.concatenate(stderrs), nfes
 
 
 def _model_samples(config, score_model, num: int, shape) -> np.ndarray:
@@ -125,14 +151,18 @@ def toy_likelihood(config: config_lib.Config, score_model) -> dict:
   else:
     points = dist.sample(num, seed=[config.seed + _POINTS_SEED, 0]).numpy()
   start = time.perf_counter()
-  nll, nfes = _score_batches(config, score_model, points, lambda lp, _: -lp.numpy(), 'likelihood')
+  nll, probe_stderr, nfes = _score_batches(config, score_model, points,
+                                           lambda lp, _: -lp.numpy(), 'likelihood')
   seconds = time.perf_counter() - start
   mean, stderr = _mean_and_stderr(nll)
   out = {'source': config.eval.likelihood_source, 'num_examples': len(points),
-         'nll_nats': mean, 'nll_nats_stderr': stderr, 'nfe_per_batch': nfes,
+         'nll_nats': mean, 'nll_nats_stderr': stderr,
+         'per_example_stderr_nats': _nan_mean(probe_stderr), 'nfe_per_batch': nfes,
          'seconds_per_example': seconds / len(points), 'settings': ode_settings(config)}
   exact = -dist.log_prob(points).numpy()
   out['exact_nll_nats'] = float(np.mean(exact))
+  # Per point: does the model's density rank and scale the points as the truth does?
+  out['correlation_with_exact'] = float(np.corrcoef(nll, exact)[0, 1])
   # Paired over the same points: the model's excess NLL is far tighter than
   # either mean's own standard error (which is the points' spread).
   out['excess_nll_nats'], out['excess_nll_nats_stderr'] = _mean_and_stderr(nll - exact)
@@ -168,17 +198,19 @@ def image_likelihood(config: config_lib.Config, score_model) -> dict:
   else:
     pixels = _quantized(_split_images(config, ev.likelihood_split, ev.likelihood_examples))
   start = time.perf_counter()
-  repeats, first_inputs = [], None
+  repeats, repeat_stderrs, first_inputs = [], [], None
   for r in range(ev.likelihood_repeats):
     # The training pipeline's dequantisation, x·255/256 + u/256 (images.dequantize).
     y = images_lib.dequantize(pixels / 255.0, tf.constant([config.seed + _DEQUANTIZE_SEED, r]))
     x_model = images_lib.logit_transform(y) if config.data.logit_transform else y
     if first_inputs is None:
       first_inputs = x_model.numpy()
-    bpd, nfes = _score_batches(config, score_model, x_model.numpy(),
-                               lambda lp, xb: image_bits_per_dim(config, lp, xb).numpy(),
-                               f'likelihood {r + 1}/{ev.likelihood_repeats}')
+    bpd, bpd_stderr, nfes = _score_batches(
+        config, score_model, x_model.numpy(),
+        lambda lp, xb: image_bits_per_dim(config, lp, xb).numpy(),
+        f'likelihood {r + 1}/{ev.likelihood_repeats}')
     repeats.append(bpd)
+    repeat_stderrs.append(bpd_stderr)
   seconds = time.perf_counter() - start
   per_image = np.mean(repeats, axis=0)
   mean, stderr = _mean_and_stderr(per_image)
@@ -188,10 +220,12 @@ def image_likelihood(config: config_lib.Config, score_model) -> dict:
       seed=config.seed)
   g_mean, g_stderr = _mean_and_stderr(gaussian)
   per_example = {'pixels': pixels.astype(np.uint8), 'inputs': first_inputs,
-                 'bits_per_dim': np.asarray(repeats, np.float32)}
+                 'bits_per_dim': np.asarray(repeats, np.float32),
+                 'bits_per_dim_stderr': np.asarray(repeat_stderrs, np.float32)}
   return {'per_example': per_example, 'source': ev.likelihood_source, 'split': ev.likelihood_split,
           'num_examples': len(pixels), 'repeats': ev.likelihood_repeats,
-          'bits_per_dim': mean, 'bits_per_dim_stderr': stderr, 'nfe_per_batch': nfes,
+          'bits_per_dim': mean, 'bits_per_dim_stderr': stderr,
+          'per_example_stderr_bits_per_dim': _nan_mean(repeat_stderrs), 'nfe_per_batch': nfes,
           'seconds_per_example': seconds / (len(pixels) * ev.likelihood_repeats),
           'settings': ode_settings(config),
           'baselines': {'gaussian_full_covariance': g_mean, 'gaussian_stderr': g_stderr,
@@ -247,8 +281,9 @@ def write_result(config: config_lib.Config, step: int, result: dict) -> str:
   per_example.npz arrays: pixels uint8 [N, H, W, C] (the scored images), inputs
   float32 [N, H, W, C] (repeat 0's dequantised model inputs: batch k of
   --eval_batch_size, fed with seed --seed to the export's log_likelihood,
-  reproduces that batch's values, whose probes come from [--seed, k]) and
-  bits_per_dim float32 [repeats, N]. Returns the directory.
+  reproduces that batch's values, whose probes come from [--seed, k]),
+  bits_per_dim float32 [repeats, N] and bits_per_dim_stderr float32 [repeats, N]
+  (each value's Hutchinson standard error; NaN with one probe). Returns the directory.
   """
   name = result_name(config, step)
   arrays = result.pop('per_example', None)

@@ -14,8 +14,12 @@ trajectories  a few particles of Langevin (exact score), MALA (exact density)
 samplers      exact density | MALA with the exact score | annealed Langevin with
               the learned network, with MMD and sliced Wasserstein to the truth.
 sde_samplers  continuous-σ runs only (lab/sde_samplers.py): annealed Langevin, PC,
-              reverse diffusion, Euler-Maruyama, the ODE and Heun, exact and learned
-              score: NFE, seconds, mixture weights, MMD, sliced Wasserstein.
+              reverse diffusion, Euler-Maruyama, the ODE, Heun and the fast samplers,
+              exact and learned score: NFE, seconds, mixture weights, MMD, sliced
+              Wasserstein.
+sampler_sweep image runs only (lab/sampler_sweep.py): every sampler at a few NFE
+              budgets on the workdir's trained model, judged by the dataset's clean
+              judge: a quality-vs-NFE table and figure. Not part of `all`.
 weights       mixtures only: the share of samples at each mode for plain
               Langevin, MALA, annealed Langevin with exact and learned scores,
               against the true weights (weights.png, weights.md, metrics).
@@ -39,6 +43,7 @@ from ncsn_tf import config as config_lib
 from ncsn_tf import losses
 from ncsn_tf import plots
 from ncsn_tf.data import toy
+from ncsn_tf.lab import sampler_sweep as experiments_sweep
 from ncsn_tf.lab import sde_samplers as experiments_sde
 from ncsn_tf.metrics import toy as toy_metrics
 from ncsn_tf.runtime import artifacts
@@ -351,9 +356,17 @@ def run_experiment(config: config_lib.Config) -> dict:
   `all` is every experiment that fits the run: sde_samplers for a continuous-σ
   run, the ladder networks' experiments otherwise.
   """
+  if config.experiment == 'sampler_sweep':  # An image run: none of the toy lab's machinery.
+    metrics = artifacts.read_metrics(config.workdir)
+    start = time.time()
+    metrics.update(experiments_sweep.sampler_sweep(config))
+    metrics.setdefault('experiment_seconds', {})['sampler_sweep'] = round(time.time() - start, 1)
+    artifacts.write_metrics(config.workdir, metrics)
+    return metrics
   lab = Lab(config)
   continuous = config.model.noise_embedding == 'fourier'
-  names = ([n for n in EXPERIMENTS if (n in config_lib.CONTINUOUS_EXPERIMENTS) == continuous]
+  names = ([n for n in EXPERIMENTS if (n in config_lib.CONTINUOUS_EXPERIMENTS) == continuous
+            and n not in config_lib.IMAGE_EXPERIMENTS]
            if config.experiment == 'all' else [config.experiment])
   for name in names:
     start = time.time()

@@ -39,6 +39,20 @@ def langevin_update(x, score, step_size, z):
   return x + step_size * (score + tf.sqrt(2.0 / step_size) * z)
 
 
+def snr_step_size(noise_norm, score_norm, snr):
+  """The corrector's step ε = 2 (r ‖z‖/‖s‖)² (Song et al. 2021, Algorithm 5), a float32 scalar.
+
+  noise_norm, score_norm: float32 scalars, the batch means of the per-example
+  ℓ2 norms of the noise z and of the score s; snr: r > 0. Where the score has
+  no norm (an untrained network whose output layer is zero, or every example
+  exactly at a mode) the rule's step is infinite and the move x + ε s +
+  sqrt(2ε) z would be NaN; with no direction to move in, the move is skipped
+  instead: ε = 0 (as whenever the rule's ε overflows float32).
+  """
+  step = 2.0 * (snr * noise_norm / score_norm)**2
+  return tf.where(tf.math.is_finite(step), step, tf.zeros_like(step))
+
+
 def langevin_step_size(step_lr, sigmas):
   """ε_i = step_lr · (σ_i/σ_L)² for every level: float32 [L]."""
   sigmas = tf.cast(sigmas, tf.float32)

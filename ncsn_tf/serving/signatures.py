@@ -381,14 +381,14 @@ def _log_likelihood(context, x, seed):
     checks += [tf.debugging.assert_greater_equal(x, 0.0, message=message),
                tf.debugging.assert_less(x, 1.0, message=message)]
   x = _checked(x, checks)
-  log_prob, nfe = likelihood_eval.model_log_prob(cfg, context.score_model, x,
-                                                 tf.stack([seed, tf.constant(0)]))
+  log_prob, stderr, nfe = likelihood_eval.model_log_prob(cfg, context.score_model, x,
+                                                         tf.stack([seed, tf.constant(0)]))
   if context.is_image:
     bpd = likelihood_eval.image_bits_per_dim(cfg, log_prob, x)
   else:
     bpd = -log_prob / (int(np.prod(context.data_shape)) * np.log(2.0))
-  return {'log_prob': log_prob, 'bits_per_dim': tf.cast(bpd, tf.float32),
-          'nfe': tf.cast(nfe, tf.int32)}
+  return {'log_prob': log_prob, 'log_prob_stderr': stderr,
+          'bits_per_dim': tf.cast(bpd, tf.float32), 'nfe': tf.cast(nfe, tf.int32)}
 
 
 register(Signature(
@@ -397,8 +397,11 @@ register(Signature(
                        and noise.build_sde(c.config.model) is not None),
     input_specs=lambda c: [c.x_spec(), c.seed_spec()],
     inputs='`x` float32 [N, *data_shape], `seed` int32 []',
-    outputs='`log_prob` float32 [N], `bits_per_dim` float32 [N], `nfe` int32 []',
-    doc='log p(x) by the probability-flow ODE at the run\'s `--ode_rtol` and `--ode_atol`.'))
+    outputs='`log_prob` float32 [N], `log_prob_stderr` float32 [N], `bits_per_dim` float32 [N], '
+            '`nfe` int32 []',
+    doc='log p(x) by the probability-flow ODE at the run\'s `--ode_rtol` and `--ode_atol`; '
+        'the exact divergence on toys, else `--hutchinson_probes` probes, whose spread gives '
+        '`log_prob_stderr`.'))
 
 
 def _sample_class(context, labels, guidance_scale, seed):

@@ -18,4 +18,7 @@ from ncsn_tf.sampling.samplers import ald  # noqa: F401,E402
 from ncsn_tf.sampling.samplers import pc  # noqa: F401,E402
 from ncsn_tf.sampling.samplers import ode  # noqa: F401,E402
 from ncsn_tf.sampling.samplers import heun  # noqa: F401,E402
+from ncsn_tf.sampling.samplers import dpm_solver  # noqa: F401,E402
+from ncsn_tf.sampling.samplers import edm_stochastic  # noqa: F401,E402
+from ncsn_tf.sampling.samplers import adaptive_sde  # noqa: F401,E402
 from ncsn_tf.sampling.samplers.pc import get_corrector, get_predictor  # noqa: F401,E402

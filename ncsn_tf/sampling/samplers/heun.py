@@ -23,18 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from ncsn_tf import noise
-from ncsn_tf.noise import expand_to
 from ncsn_tf.sampling import callbacks
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling.samplers import registry
+from ncsn_tf.sampling.samplers import sigma_space
 
-
-def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
-  """float32 [num_steps + 1]: σ_max = σ_0 > ... > σ_{N−1} = σ_min, then σ_N = 0."""
-  ramp = np.linspace(0.0, 1.0, num_steps) if num_steps > 1 else np.zeros([1])
-  inv_rho_max, inv_rho_min = sigma_max**(1.0 / rho), sigma_min**(1.0 / rho)
-  sigmas = (inv_rho_max + ramp * (inv_rho_min - inv_rho_max))**rho
-  return np.append(sigmas, 0.0).astype(np.float32)
+#: The ρ = 7 schedule (shared with edm_stochastic.py and dpm_solver.py's 'karras').
+karras_sigmas = sigma_space.karras_sigmas
 
 
 def check_settings(sde, *, num_steps, rho, sampling_eps):
@@ -47,13 +42,6 @@ def check_settings(sde, *, num_steps, rho, sampling_eps):
   if not rho > 0:
     raise registry.SettingError('rho', f'must be > 0, got {rho}')
   return sde.sampling_eps(sampling_eps)
-
-
-def _sigma_score(score_fn, sde, y, sigma):
-  """∇_y log p_σ(y) [N, ...] for one scalar σ > 0, through the SDE's time t(σ)."""
-  t = sde.t_of_sigma(tf.fill([tf.shape(y)[0]], sigma))
-  alpha = expand_to(sde.mean_coeff(t), y)
-  return alpha * score_fn(alpha * y, t)
 
 
 def heun_sample(score_fn, sde, x_init, seed=None, condition=None, callback=None, *, num_steps=18,
@@ -80,10 +68,8 @@ def heun_sample(score_fn, sde, x_init, seed=None, condition=None, callback=None,
   """
   del seed
   eps = check_settings(sde, num_steps=num_steps, rho=rho, sampling_eps=sampling_eps)
-  with tf.init_scope():  # Python constants, also when called inside a tf.function.
-    sigma_min, sigma_max = sde.sigma_of_t([eps, sde.T]).numpy()
-    alpha_max = float(sde.mean_coeff([sde.T])[0])
-  sigmas = karras_sigmas(float(sigma_min), float(sigma_max), num_steps, rho)
+  sigma_min, sigma_max, alpha_max = sigma_space.sigma_range(sde, eps)
+  sigmas = karras_sigmas(sigma_min, sigma_max, num_steps, rho)
   # Start in the scaled variable y = x/α(T); σ = 0 is t = 0, where α = 1 and y = x.
   y_init = tf.convert_to_tensor(x_init, tf.float32) / alpha_max
   condition = conditions.prepare(condition, y_init)
@@ -101,7 +87,7 @@ def _heun_loop(score_fn, sde, y, sigmas, condition=None, callback=None):
     score_fn = conditions.conditioned_flow_score(score_fn, sde, condition)
 
   def slope(y, sigma):  # dy/dσ
-    return -sigma * _sigma_score(score_fn, sde, y, sigma)
+    return -sigma * sigma_space.sigma_score(score_fn, sde, y, sigma)
 
   def body(i, y):
     sigma, sigma_next = sigmas[i], sigmas[i + 1]

@@ -23,6 +23,7 @@ from ncsn_tf import noise
 from ncsn_tf.noise import expand_to
 from ncsn_tf.sampling import callbacks
 from ncsn_tf.sampling import conditions
+from ncsn_tf.sampling import langevin as langevin_kernel
 from ncsn_tf.sampling.samplers import registry
 
 
@@ -119,11 +120,13 @@ def langevin(score_fn, sde, x, t, dt, seed, snr, num_steps):
   price: the step depends on the batch. On several devices the chain still
   runs over the whole batch and only the score is split
   (sampling/distributed.py), so the average is the whole batch's there too.
+  A score of norm zero (an untrained network) makes no move: see
+  sampling/langevin.py `snr_step_size`.
   """
   def step_size(score, z):
-    ratio = tf.reduce_mean(_per_example_norm(z)) / tf.maximum(
-        tf.reduce_mean(_per_example_norm(score)), 1e-20)
-    return tf.fill(tf.shape(t), 2.0 * (snr * ratio)**2)
+    step = langevin_kernel.snr_step_size(tf.reduce_mean(_per_example_norm(z)),
+                                         tf.reduce_mean(_per_example_norm(score)), snr)
+    return tf.fill(tf.shape(t), step)
   return _langevin_moves(score_fn, sde, x, t, dt, seed, num_steps, step_size)
 
 
