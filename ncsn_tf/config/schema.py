@@ -130,7 +130,8 @@ class ConfigError(ValueError):
 
 
 def setting(default, help: str, *, flag: str | None = None, choices: tuple | None = None,
-            enum: bool = False, resume_safe: bool = False, derived: str | None = None):
+            enum: bool = False, resume_safe: bool = False, derived: str | None = None,
+            infinite_ok: bool = False):
   """A Config field with everything its command-line flag needs, in one place.
 
   default: the field's default, and the flag's (unless `derived`).
@@ -143,6 +144,8 @@ def setting(default, help: str, *, flag: str | None = None, choices: tuple | Non
   derived: the flag defaults to None and an unset or empty flag takes this
     template's value, formatted with {name} (the config name) and {flagfile}
     (the last flagfile's name without .cfg).
+  infinite_ok: a float setting where infinity means something (S_tmax: no bound);
+    every other float setting must be finite, and none may be NaN (`validate`).
 
   The flag's type follows the field's annotation: str (or str | None), int, float, bool.
   ncsn_tf/config/flags.py defines every flag from these fields and builds the Config
@@ -151,7 +154,8 @@ def setting(default, help: str, *, flag: str | None = None, choices: tuple | Non
   if enum and not choices:
     raise ValueError('enum=True needs choices')
   metadata = {'help': help, 'flag': flag, 'choices': tuple(choices) if choices else None,
-              'enum': enum, 'resume_safe': resume_safe, 'derived': derived}
+              'enum': enum, 'resume_safe': resume_safe, 'derived': derived,
+              'infinite_ok': infinite_ok}
   return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -344,7 +348,7 @@ class SamplingConfig:
                           resume_safe=True)
   s_tmax: float = setting(float('inf'), '--sampler=edm_stochastic: the largest σ that churns '
                           '(S_tmax; inf: no bound).',
-                          resume_safe=True)
+                          resume_safe=True, infinite_ok=True)
   s_noise: float = setting(1.0, '--sampler=edm_stochastic: the churn noise\'s scale S_noise > 0.',
                            resume_safe=True)
   adaptive_atol: float = setting(

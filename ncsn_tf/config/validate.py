@@ -83,12 +83,14 @@ def validate(config: schema.Config) -> schema.Config:
 
 
 def _require_finite_numbers(config: schema.Config):
-  """Every float setting is a finite number: NaN passes every `>` and `<` check below
-  (each comparison is False, and most checks are written as "refuse if x <= 0"), and
-  no setting of the package means anything at infinity (time limits use 0 for none)."""
+  """Every float setting is a number, and finite unless +infinity means something there
+  (`infinite_ok`: S_tmax). NaN passes every `>` and `<` check below (each comparison is
+  False, and most checks are written as "refuse if x <= 0"); time limits use 0 for none."""
   for s in schema.settings():
     if s.value_type is float:
       value = s.get(config)
+      if s.field.metadata.get('infinite_ok') and value == math.inf:
+        continue
       _require(value is not None and math.isfinite(value), s.flag,
                f'must be a finite number, got {value}')
 
