@@ -30,7 +30,7 @@ def toy_calls(pipe) -> dict:
     out[f'sample_{name}'] = pipe.sample(32, sampler=name, seed=5, **settings)
     out[f'nfe_{name}'] = np.array(pipe.nfe)
   # One probe: the export's own log_likelihood signature draws the same probe at this seed.
-  for key, options in (('exact', dict(exact_trace=True)), ('probe', dict(probes=1))):
+  for key, options in (('exact', dict(exact_trace=True)), ('probe', dict(exact_trace=False, probes=1))):
     out[f'log_prob_{key}'] = pipe.log_likelihood(TOY_POINTS, ode_rtol=1e-3, ode_atol=1e-3,
                                                  seed=4, **options).log_prob
   return out

@@ -73,6 +73,29 @@ def test_the_export_answers_as_the_workdir_in_a_fresh_process(toy_sde_run, toy, 
   assert np.all(np.isfinite(ours['log_prob_exact'])) and np.all(np.isfinite(ours['log_prob_probe']))
 
 
+def test_an_export_answers_batches_over_its_request_cap_in_chunks(toy_sde_run, toy):
+  """A sampler's or a score call's batch may exceed the export's --export_max_batch, which
+  every signature call refuses: the export's network splits it, and answers as one call
+  would, gradients included (the likelihood's divergence)."""
+  _, export_dir = toy_sde_run
+  served = ncsn_tf.load(export_dir)
+  network = served._model.network
+  assert network.max_batch == 1024  # --export_max_batch's default, stored in the export.
+  x = tf.constant(np.random.default_rng(0).normal(size=[7, 2]) * 5, tf.float32)
+  sigma = tf.constant(np.linspace(0.05, 10.0, 7), tf.float32)
+  whole = network(x, sigma)
+  network.max_batch = 3  # Chunks of 3, 3 and 1 (padded); the signature's own cap stays 1024.
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    chunked = network(x, sigma)
+    total = tf.reduce_sum(chunked * x)
+  np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-5, atol=1e-5)
+  assert np.all(np.isfinite(tape.gradient(total, x).numpy()))
+  np.testing.assert_allclose(served.score(x.numpy(), sigma.numpy()), toy.score(x.numpy(), sigma.numpy()),
+                             rtol=1e-4, atol=1e-4)
+  assert served.sample(8, sampler='heun', sampling_steps=4, seed=1).shape == (8, 2)
+
+
 def test_samples_are_deterministic_in_the_seed_and_callbacks_see_each_step(toy):
   steps = []
   traced = toy.sample(16, sampler='pc', sampling_steps=7, seed=11,
@@ -88,7 +111,7 @@ def test_samples_are_deterministic_in_the_seed_and_callbacks_see_each_step(toy):
 def test_likelihood_stderr_comes_from_the_probes(toy):
   x = pipeline_calls.TOY_POINTS
   tolerances = dict(ode_rtol=1e-3, ode_atol=1e-3)
-  one = toy.log_likelihood(x, probes=1, **tolerances)
+  one = toy.log_likelihood(x, exact_trace=False, probes=1, **tolerances)
   # Gaussian probes: in 2-D a Rademacher probe's estimate takes only two values.
   eight = toy.log_likelihood(x, probes=8, probe='gaussian', **tolerances)
   exact = toy.log_likelihood(x, exact_trace=True, **tolerances)

@@ -91,7 +91,7 @@ def test_snapshot_sampling_with_an_sde_sampler_traces_once(tmp_path):
 
 
 @pytest.mark.parametrize('flags,expected', [
-    (['--sampler=langevin'], "--sampler: must be one of ald, pc, ode, heun, got 'langevin'"),
+    (['--sampler=langevin'], "--sampler: must be one of ald, pc, ode, heun, dpm_solver, edm_stochastic, adaptive_sde, got 'langevin'"),
     (['--predictor=heun'], '--predictor: must be one of'),
     (['--corrector=mala'], '--corrector: must be one of'),
     (['--sde=ou'], "--sde: must be one of none, ve, vp, subvp, got 'ou'"),
@@ -137,7 +137,7 @@ def test_bad_sde_settings_fail_naming_the_flag(tmp_path, flags, expected):
 
 
 @pytest.mark.parametrize('flags,expected', [
-    (['--sampler=langevin'], "error: --sampler: must be one of ald, pc, ode, heun, got 'langevin'"),
+    (['--sampler=langevin'], "error: --sampler: must be one of ald, pc, ode, heun, dpm_solver, edm_stochastic, adaptive_sde, got 'langevin'"),
     (['--sampling_eps=1'], 'error: --sampling_eps: must be in (0, 1), got 1.0'),
 ])
 def test_bad_sde_settings_stop_the_command_line_in_one_line(tmp_path, flags, expected):

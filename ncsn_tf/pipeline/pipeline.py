@@ -295,7 +295,8 @@ class Pipeline:
     x: [N, *data_shape] as the model sees it: toy points, or dequantised images
       in [0, 1) (ncsn_tf.data.images.dequantize).
     exact_trace: the divergence by autodiff, one pass per dimension (the toys);
-      None: the run's --exact_trace. probes: K >= 1 Hutchinson probes per
+      None: the run's --exact_trace, unless `probes` is given (then Hutchinson's
+      estimate). probes: K >= 1 Hutchinson probes per
       example (None: the run's --hutchinson_probes); each probe is its own
       estimate, so K >= 2 gives a standard error. seed: the probes' seed (the
       probes of K = 1 are the export's log_likelihood's at this seed).
@@ -307,6 +308,8 @@ class Pipeline:
                        'its levels to integrate')
     seed = _check_int(seed, 'seed', 0, MAX_SEED)
     values = dict(settings)
+    if exact_trace is None and probes is not None:
+      exact_trace = False  # Asking for probes asks for Hutchinson's estimate.
     if exact_trace is not None:
       values['exact_trace'] = exact_trace
     if probes is not None:

@@ -71,10 +71,37 @@ class ServedNetwork:
   def __init__(self, loaded, continuous: bool):
     self._loaded = loaded  # Its variables live as long as the functions that read them.
     self._function = loaded.score_sigma if continuous else loaded.score
+    # The export refuses a request of more than max_batch examples (--export_max_batch);
+    # a sampler's batch of `num` may be larger, so larger batches go in chunks.
+    # (An export made before the cap has no max_batch: any batch goes in one call.)
+    cap = getattr(loaded, 'max_batch', None)
+    self.max_batch = int(cap.numpy()) if cap is not None else None
 
-  def __call__(self, x, level):
+  def _score(self, x, level):
     out = self._function(x, level)
     return out['score'] if isinstance(out, dict) else out
+
+  def __call__(self, x, level):
+    """x [N, ...], level [N] (σ or σ index) -> score [N, ...]; any N >= 1."""
+    n = x.shape[0]
+    if self.max_batch is None or (n is not None and n <= self.max_batch):
+      return self._score(x, level)
+    return tf.cond(tf.shape(x)[0] <= self.max_batch, lambda: self._score(x, level),
+                   lambda: self._chunked(x, level))
+
+  def _chunked(self, x, level):
+    """The score of x in chunks of max_batch (the last padded with copies of x[0]), one
+    signature call each: differentiable, as the likelihood's divergence needs."""
+    m, n = self.max_batch, tf.shape(x)[0]
+    chunks = (n + m - 1) // m
+    pad = chunks * m - n
+    x_padded = tf.concat([x, tf.repeat(x[:1], pad, axis=0)], 0)
+    level_padded = tf.concat([level, tf.repeat(level[:1], pad, axis=0)], 0)
+    xs = tf.reshape(x_padded, tf.concat([[chunks, m], tf.shape(x)[1:]], 0))
+    levels = tf.reshape(level_padded, [chunks, m])
+    scores = tf.map_fn(lambda args: self._score(*args), (xs, levels),
+                       fn_output_signature=tf.TensorSpec(None, x.dtype))
+    return tf.reshape(scores, tf.shape(x_padded))[:n]
 
 
 def kind_of(path: str) -> str:
