@@ -36,6 +36,7 @@ from ncsn_tf.config import flagfile
 from ncsn_tf.data import pipeline as data_lib
 from ncsn_tf.evaluation import likelihood as likelihood_eval
 from ncsn_tf.pipeline.sources import Source
+from ncsn_tf.runtime import console
 from ncsn_tf.sampling import conditions
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import guidance
@@ -206,8 +207,10 @@ class Pipeline:
   def _draw(self, config, model, num, seed, stream, condition=None, callback=None):
     """One chain of `num` samples of `model` with config's sampler on `stream`; sets nfe."""
     sampler = configured.ConfiguredSampler(config, model, self.data_shape)
-    samples, _, nfe = sampler.sample(num, seed, stream=stream, condition=condition,
-                                     callback=self._step_callback(callback))
+    # A notebook calls with new settings on purpose: each is its own graph, not a defect.
+    with console.expected_retracing():
+      samples, _, nfe = sampler.sample(num, seed, stream=stream, condition=condition,
+                                       callback=self._step_callback(callback))
     self.nfe = int(nfe)
     return self._output(samples)
 
@@ -322,9 +325,10 @@ class Pipeline:
     k = 1 if ode['exact_trace'] else ode['hutchinson_probes']
     # K copies of the batch, one probe each: every probe's estimate on its own row.
     stacked = np.concatenate([x] * k)
-    log_prob, nfe = likelihood.log_likelihood(
-        configured.time_score_fn(self._model, self.sde), self.sde, tf.constant(stacked),
-        tf.constant([seed, 0], tf.int32), **{**ode, 'hutchinson_probes': 1})
+    with console.expected_retracing():
+      log_prob, nfe = likelihood.log_likelihood(
+          configured.time_score_fn(self._model, self.sde), self.sde, tf.constant(stacked),
+          tf.constant([seed, 0], tf.int32), **{**ode, 'hutchinson_probes': 1})
     per_probe = log_prob.numpy().astype(np.float64).reshape(k, len(x))
     mean = per_probe.mean(axis=0)
     if ode['exact_trace']:
