@@ -1,6 +1,7 @@
 """The scikit-learn digits (ncsn_tf/data/digits.py) and labels through the image pipeline."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -237,6 +238,33 @@ def test_num_classes_and_native_shape():
   assert images.native_shape('digits', 8) == (8, 8, 1)
 
 
+def test_sample_mode_judges_both_sample_sets_of_a_digits_run(digits_run):
+  # --mode=sample on a tiny tf_configs/digits.cfg run (conftest.py): classifier-free
+  # guided samples (the cfg's --guidance=free) in samples_guided/, one row per class, and
+  # with --guidance=none unconditional ones in samples/, each judged by the clean
+  # classifier. (The cfg's whole train-sample-export command through run.py: the slow
+  # test below, and tests/test_extending.py's digits.cfg command on every run.)
+  from test_cli import run_cli
+  for guidance in ('free', 'none'):
+    result = run_cli(f'--flagfile={REPO_ROOT}/tf_configs/digits.cfg', f'--workdir={digits_run}',
+                     '--image_size=8', '--ngf=4', '--num_scales=10', '--precision=float32',
+                     '--mode=sample', f'--guidance={guidance}', '--num_samples=20',
+                     '--sample_batch_size=20', '--sampling_steps=2')
+    assert result.returncode == 0, result.stderr[-3000:]
+  plain = np.load(os.path.join(digits_run, 'samples', 'latest', 'samples.npz'))
+  guided = np.load(os.path.join(digits_run, 'samples_guided', 'latest', 'samples.npz'))
+  assert plain['samples'].shape == guided['samples'].shape == (20, 8, 8, 1)
+  assert 'labels' not in plain.files and guided['labels'].tolist() == sorted(list(range(10)) * 2)
+  for name in ('samples', 'samples_guided'):
+    with open(os.path.join(digits_run, name, 'latest', 'digit_judgement.json')) as f:
+      judged = json.load(f)
+    assert judged['samples']['num_images'] == 20 and judged['test_digits']['num_images'] == 355
+    assert ('class_accuracy' in judged['samples']) == (name == 'samples_guided')
+    assert judged['classifier']['test_accuracy'] > 0.95
+
+
+@pytest.mark.slow  # 160 s on 2 cores; the test above covers the sample sets and their judge,
+# tests/test_extending.py the cfg's command through run.py with its export.
 def test_the_digits_flagfile_trains_judges_both_sample_sets_and_exports(tmp_path):
   # The user's command, tf_configs/digits.cfg through run.py, shrunk: training,
   # unconditional samples in samples/ and classifier-free guided ones in

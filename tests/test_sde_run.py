@@ -366,17 +366,17 @@ def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
   config = config_from_flagfile(
       'digits', '--ngf=4', '--image_size=8', '--class_conditional=false', '--guidance=none',
       '--batch_size=4', '--train_steps=2', '--train_minutes=0', '--heldout_batches=0',
-      '--mode=likelihood', '--likelihood_examples=8', '--eval_batch_size=4',
+      '--mode=likelihood', '--likelihood_examples=4', '--eval_batch_size=4',
       '--likelihood_repeats=2', '--ode_rtol=1e-2', '--ode_atol=1e-2', '--hutchinson_probes=2',
       f'--workdir={tmp_path}/run')
   state = train_loop.train(config.replace(mode='train'))
   result = likelihood_eval.evaluate_likelihood(config, state)['2']
-  assert result['num_examples'] == 8 and result['repeats'] == 2
+  assert result['num_examples'] == 4 and result['repeats'] == 2
   assert np.isfinite(result['bits_per_dim']) and result['bits_per_dim'] > 0
   assert result['baselines']['uniform'] == 8.0
   assert 0 < result['baselines']['gaussian_full_covariance'] < 8
   per_example = np.load(os.path.join(result['result_dir'], 'per_example.npz'))
-  assert per_example['bits_per_dim'].shape == per_example['bits_per_dim_stderr'].shape == (2, 8)
+  assert per_example['bits_per_dim'].shape == per_example['bits_per_dim_stderr'].shape == (2, 4)
   # Two probes per image: each value's own standard error (their spread), finite, > 0.
   assert np.all(per_example['bits_per_dim_stderr'] > 0) and result['per_example_stderr_bits_per_dim'] > 0
   np.testing.assert_allclose(per_example['bits_per_dim'].mean(), result['bits_per_dim'], rtol=1e-5)
