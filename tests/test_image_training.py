@@ -35,10 +35,12 @@ def config_from_flagfile(name, *overrides):
     ncsn_flags.FLAGS.unparse_flags()
 
 
+# cifar10 runs by default; mnist and celeba (24 s each) are slow: their tfds pipelines
+# are tests/test_images.py's, and their flagfiles differ from cifar10's in values only.
 @pytest.mark.parametrize('name,shape,replicas', [
-    ('mnist', (28, 28, 1), 0),
+    pytest.param('mnist', (28, 28, 1), 0, marks=pytest.mark.slow),
     ('cifar10', (32, 32, 3), 2),   # MirroredStrategy on two logical CPUs.
-    ('celeba', (32, 32, 3), 0),
+    pytest.param('celeba', (32, 32, 3), 0, marks=pytest.mark.slow),
 ])
 def test_paper_flagfiles_train_under_tfds_mock_data(tmp_path, name, shape, replicas):
   config = config_from_flagfile(name, f'--workdir={tmp_path}/run', *TINY,

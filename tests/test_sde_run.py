@@ -359,7 +359,8 @@ def test_likelihood_needs_a_continuous_model_and_good_settings(tmp_path):
     assert len(lines) == 1 and expected in lines[0], lines
 
 
-def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
+def _image_likelihood_run(tmp_path):
+  """A 2-step digits U-Net's --mode=likelihood: (config, state, result, per_example)."""
   from ncsn_tf.evaluation import likelihood as likelihood_eval
   # The real digits at their native 8x8 (D = 64, a full covariance from their 1,442
   # training images): the image path of shapes_sde.cfg at a third of its cost.
@@ -380,6 +381,17 @@ def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
   # Two probes per image: each value's own standard error (their spread), finite, > 0.
   assert np.all(per_example['bits_per_dim_stderr'] > 0) and result['per_example_stderr_bits_per_dim'] > 0
   np.testing.assert_allclose(per_example['bits_per_dim'].mean(), result['bits_per_dim'], rtol=1e-5)
+  return config, state, result, per_example
+
+
+def test_image_likelihood_reports_bits_per_dim_beside_the_baselines(tmp_path):
+  _image_likelihood_run(tmp_path)
+
+
+@pytest.mark.slow  # 2 minutes (a U-Net export and a fresh process); the test above covers the
+# mode, test_likelihood_mode_writes_nats_... the export's agreement on the toy.
+def test_the_image_export_answers_the_likelihood_modes_bits_per_dim(tmp_path):
+  config, state, result, per_example = _image_likelihood_run(tmp_path)
   # The export answers as the mode did for the same images and seed, in a fresh
   # process: batch 0's probes come from [--seed, 0], the export's from [seed, 0].
   # (tf.saved_model.load: the session loader runs the same graph, as

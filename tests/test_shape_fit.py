@@ -196,7 +196,7 @@ def test_foreground_fraction_is_the_share_of_object_pixels():
 def test_light_backgrounds_match_the_generators_own_backgrounds():
   # Against the generator's drawn background colours, not the images: with
   # light and dark equally likely, the share must equal the generator's count.
-  num = 256
+  num = 128
   params = shapes._draw_parameters(np.random.default_rng(3), num, SIZE)  # pylint: disable=protected-access
   truth = params['background'].mean(-1) > shape_fit.LIGHT_THRESHOLD
   images = shapes.shapes_images(num, SIZE, seed=3) / 255.0

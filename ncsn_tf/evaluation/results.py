@@ -67,23 +67,13 @@ def name_of(*parts: str, seed: int, step: int) -> str:
   return name
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _remove_stale(kind_dir: str):
   """Cleans up after processes that died (e.g. kill -9) while writing a result: their
   staging directories go; a result they had moved aside to replace it comes back if
   its replacement never arrived."""
   for entry in os.listdir(kind_dir):
     rest, _, pid = entry.rpartition('-')
-    if not (entry.startswith((_STAGING, _REPLACED)) and pid.isdigit()) or _pid_alive(int(pid)):
+    if not (entry.startswith((_STAGING, _REPLACED)) and pid.isdigit()) or artifacts.pid_alive(int(pid)):
       continue
     path = os.path.join(kind_dir, entry)
     original = os.path.join(kind_dir, rest[len(_REPLACED):])

@@ -70,3 +70,14 @@ def read_metrics(workdir: str) -> dict:
 def write_metrics(workdir: str, payload: dict):
   """Replaces <workdir>/metrics.json with `payload`, atomically."""
   write_json(metrics_path(workdir), payload)
+
+
+def pid_alive(pid: int) -> bool:
+  """Whether process `pid` still runs (a temporary named for a live writer is not stale)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Alive, another user's.
+    return True
+  return True

@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from ncsn_tf import config as config_lib
+from ncsn_tf.runtime import artifacts
 from ncsn_tf.runtime.progress import Progress
 from ncsn_tf.serving import module as serving_module
 
@@ -35,21 +36,11 @@ def next_version(export_dir: str) -> int:
   return max(versions, default=0) + 1
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def remove_stale_temporaries(export_dir: str):
   """Deletes temporary versions left by exporting processes that died (e.g. kill -9)."""
   for name in os.listdir(export_dir):
     pid = name.rsplit('-', 1)[-1]
-    if name.startswith(_TMP_PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
+    if name.startswith(_TMP_PREFIX) and pid.isdigit() and not artifacts.pid_alive(int(pid)):
       shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
 
 
