@@ -78,7 +78,10 @@ class Progress:
       with self._lock:
         now = time.time()
         if not self._closed.is_set() and now - self._last_print >= HEARTBEAT_SECONDS:
-          self._print(now)
+          try:
+            self._print(now)
+          except (ValueError, OSError):  # The stream was closed under us (its owner ended).
+            self._closed.set()
 
   def _print(self, now: float):
     self._last_print = now
