@@ -18,6 +18,7 @@ from ncsn_tf.runtime import checkpoints
 from ncsn_tf.sampling import configured
 from ncsn_tf.sampling import guidance
 from ncsn_tf.serving import export as export_lib
+from ncsn_tf.serving import signatures as signatures_lib
 from ncsn_tf.training import loop as train_loop
 
 
@@ -25,10 +26,12 @@ def validate(config: config_lib.Config) -> config_lib.Config:
   """`config` if every setting is valid and the registries have what it names.
 
   First the settings (ncsn_tf.config.validate, no TensorFlow needed), then
-  the network, SDE and sampler registries, which hold extensions too. Raises
+  the network, SDE, sampler and signature registries, which hold extensions too. Raises
   ConfigError with a one-line message naming the flag.
   """
-  return configured.validate(config)
+  config = configured.validate(config)
+  signatures_lib.check_names(config.export.signature_names)
+  return config
 
 
 def export(config: config_lib.Config, state=None) -> str:

@@ -9,6 +9,7 @@ takes the noise levels σ float32 [N] instead). Losses know no model and no opti
 
 import functools
 
+import numpy as np
 import tensorflow as tf
 
 from ncsn_tf import noise
@@ -265,15 +266,47 @@ def anneal_ssm_per_example(score_fn, x, sigmas, seed, *, num_projections: int = 
 # drawn from a continuum, so no level index exists to pass.
 
 #: `weighting` values of `continuous_dsm_per_example`.
-CONTINUOUS_WEIGHTINGS = ('sigma2', 'likelihood')
+CONTINUOUS_WEIGHTINGS = ('sigma2', 'likelihood', 'edm')
 
 
 def _is_variance_exploding(sde) -> bool:
   return isinstance(sde, noise.VESDE)
 
 
+def truncated_lognormal_sigma(u, log_mean: float, log_std: float, sigma_min: float,
+                              sigma_max: float):
+  """σ float32 [N] with log σ ~ N(log_mean, log_std²) restricted to [σ_min, σ_max].
+
+  EDM's training distribution of σ (Karras et al. 2022, P_mean / P_std) kept
+  inside the range the samplers use, by the inverse CDF of the truncated
+  normal: with a = Φ((log σ_min − m)/s) and b = Φ((log σ_max − m)/s),
+  log σ = m + s Φ⁻¹(a + (b − a) u). Truncating rather than clipping keeps
+  the density's shape inside the range instead of piling mass on its ends.
+  Computed in float64: a or b near 1 (a mean far from the range) would lose
+  the tail's digits in float32.
+
+  Args:
+    u: float [N] in [0, 1), uniform draws.
+    log_mean, log_std: m and s > 0 of log σ (Python floats).
+    sigma_min, sigma_max: the range, 0 < σ_min < σ_max (floats or scalar tensors).
+  """
+  if not log_std > 0:
+    raise ValueError(f'log_std must be > 0, got {log_std}')
+  log_lo = tf.math.log(tf.cast(sigma_min, tf.float64))
+  log_hi = tf.math.log(tf.cast(sigma_max, tf.float64))
+
+  def normal_cdf(v):
+    return 0.5 * tf.math.erfc(-(v - log_mean) / (log_std * np.sqrt(2.0)))
+
+  a, b = normal_cdf(log_lo), normal_cdf(log_hi)
+  p = a + (b - a) * tf.cast(u, tf.float64)
+  log_sigma = log_mean + log_std * tf.math.ndtri(p)
+  return tf.cast(tf.exp(tf.clip_by_value(log_sigma, log_lo, log_hi)), tf.float32)
+
+
 def continuous_noise_levels(x, sigmas, seed, *, sde=None, eps: float = 1e-5,
-                            weighting: str = 'sigma2'):
+                            weighting: str = 'sigma2', log_sigma_normal=None,
+                            sigma_data: float = 0.0):
   """The draws of `continuous_dsm_per_example`: (t [N], sigma [N], z like x, weight [N]).
 
   One time t per example from the stateless `seed`, split in two (times, noise)
@@ -281,13 +314,21 @@ def continuous_noise_levels(x, sigmas, seed, *, sde=None, eps: float = 1e-5,
     * VE SDE (`sde` a noise.VESDE, or None for the VE SDE spanned by the ladder,
       σ_min = sigmas[−1], σ_max = sigmas[0], T = 1): t ~ U(0, T), so
       σ = σ_min (σ_max/σ_min)^(t/T) is log-uniform in [σ_min, σ_max];
+      with `log_sigma_normal` = (m, s) instead log σ ~ N(m, s²) truncated to
+      [σ_min, σ_max] (EDM's log-normal, `truncated_lognormal_sigma`), t = t(σ);
     * VP / sub-VP: t ~ U(eps, T), σ = sde.sigma_of_t(t) = std(t)/α(t).
   z ~ N(0, I) with x's shape. `weight` is λ/σ² in the σ coordinates: 1 for
-  'sigma2', g(t)²/std(t)² for 'likelihood' (see `continuous_dsm_per_example`).
+  'sigma2', g(t)²/std(t)² for 'likelihood', (σ² + σ_d²)/σ_d² for 'edm'
+  (see `continuous_dsm_per_example`).
   Exposed so tests (and diagnostics) can see exactly what the loss drew.
   """
   if weighting not in CONTINUOUS_WEIGHTINGS:
     raise ValueError(f'unknown weighting {weighting!r}; choose from {CONTINUOUS_WEIGHTINGS}')
+  if weighting == 'edm' and not sigma_data > 0:
+    raise ValueError(f"weighting 'edm' needs sigma_data > 0, got {sigma_data}")
+  if log_sigma_normal is not None and sde is not None and not _is_variance_exploding(sde):
+    raise ValueError('log_sigma_normal (EDM\'s log-normal σ) applies to the VE SDE, got '
+                     f'{type(sde).__name__}')
   x = tf.cast(x, tf.float32)
   sigmas = tf.cast(sigmas, tf.float32)
   time_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -297,8 +338,12 @@ def continuous_noise_levels(x, sigmas, seed, *, sde=None, eps: float = 1e-5,
   if sde is None:
     # The ladder's VE SDE, in the graph (sigmas may be a tensor); T = 1.
     log_ratio = tf.math.log(sigmas[0] / sigmas[-1])
-    t = u
-    sigma = sigmas[-1] * tf.exp(t * log_ratio)
+    if log_sigma_normal is None:
+      t = u
+      sigma = sigmas[-1] * tf.exp(t * log_ratio)
+    else:
+      sigma = truncated_lognormal_sigma(u, *log_sigma_normal, sigmas[-1], sigmas[0])
+      t = tf.math.log(sigma / sigmas[-1]) / log_ratio
     likelihood_factor = lambda: 2.0 * log_ratio * tf.ones_like(sigma)   # g²/σ², constant for VE
   else:
     if _is_variance_exploding(sde):
@@ -307,21 +352,31 @@ def continuous_noise_levels(x, sigmas, seed, *, sde=None, eps: float = 1e-5,
       lower = float(eps)
       if not 0.0 < lower < sde.T:
         raise ValueError(f'continuous DSM needs 0 < eps < T = {sde.T:g}, got eps={eps}')
-    t = lower + (sde.T - lower) * u
-    sigma = sde.sigma_of_t(t)
+    if log_sigma_normal is None:
+      t = lower + (sde.T - lower) * u
+      sigma = sde.sigma_of_t(t)
+    else:
+      sigma = truncated_lognormal_sigma(u, *log_sigma_normal, sde.sigma_min, sde.sigma_max)
+      t = sde.t_of_sigma(sigma)
 
     def likelihood_factor():
       _, diffusion = sde.sde(x, t)
       _, std = sde.marginal(x, t)
       return tf.square(diffusion / std)
 
-  weight = likelihood_factor() if weighting == 'likelihood' else tf.ones_like(sigma)
+  if weighting == 'likelihood':
+    weight = likelihood_factor()
+  elif weighting == 'edm':
+    weight = (tf.square(sigma) + sigma_data**2) / sigma_data**2
+  else:
+    weight = tf.ones_like(sigma)
   return t, sigma, z, weight
 
 
 def continuous_dsm_per_example(score_fn, x, sigmas, seed, *, sde=None, eps: float = 1e-5,
                                weighting: str = 'sigma2', labels=None, label_dropout: float = 0.0,
-                               num_classes: int = 0):
+                               num_classes: int = 0, log_sigma_normal=None,
+                               sigma_data: float = 0.0):
   """Continuous-time DSM (Song et al. 2021, eq. 7), one term per example.
 
   Per example a noise level is drawn (`continuous_noise_levels`: log-uniform σ
@@ -345,6 +400,13 @@ def continuous_dsm_per_example(score_fn, x, sigmas, seed, *, sde=None, eps: floa
       For VE (α = 1, std = σ, g² = σ² · 2 log(σ_max/σ_min)/T) the factor is
       the constant 2 log(σ_max/σ_min)/T, so there it only rescales 'sigma2'.
       For VP it grows like 1/t as t → 0: large-variance terms near eps.
+    * 'edm': EDM's λ(σ) = (σ² + σ_d²)/(σ σ_d)² on ‖D − x‖² (Karras et al.
+      2022, eq. 8 and table 1), with the denoiser D = x̃ + σ² s. Since
+      ‖D − x‖² = σ² ‖σ s + z‖², that is the 'sigma2' term times
+      (σ² + σ_d²)/σ_d². With --preconditioning=edm (D = c_skip x̃ + c_out F)
+      it gives the network's output F unit weight at every σ
+      (λ c_out² = 1); a σ-scaled score network (s = F/σ) has that already
+      under 'sigma2'.
 
   Args:
     score_fn: the σ-network, (x̃ float32 [N, ...], sigma float32 [N] > 0) -> [N, ...].
@@ -363,6 +425,9 @@ def continuous_dsm_per_example(score_fn, x, sigmas, seed, *, sde=None, eps: floa
       network learns both s(x, σ, y) and s(x, σ).
     label_dropout: in [0, 1); with `labels` only.
     num_classes: C, the "no label" index; with `labels` only.
+    log_sigma_normal: None (σ log-uniform, the paper), or (m, s): EDM's
+      log σ ~ N(m, s²) over the VE range (`continuous_noise_levels`).
+    sigma_data: σ_d > 0, for weighting 'edm'.
 
   Returns:
     (loss [N] float32, level_index [N] int32): the nearest level of `sigmas`
@@ -371,7 +436,9 @@ def continuous_dsm_per_example(score_fn, x, sigmas, seed, *, sde=None, eps: floa
   """
   x = tf.cast(x, tf.float32)
   _, sigma, z, weight = continuous_noise_levels(x, sigmas, seed, sde=sde, eps=eps,
-                                             weighting=weighting)
+                                                weighting=weighting,
+                                                log_sigma_normal=log_sigma_normal,
+                                                sigma_data=sigma_data)
   used_sigmas = tf.reshape(sigma, tf.concat([[tf.shape(x)[0]], tf.ones([tf.rank(x) - 1], tf.int32)],
                                             0))                          # [N, 1, ...]
   perturbed_x = x + used_sigmas * z
@@ -464,7 +531,8 @@ _LOSS_OPTIONS = {
     'ssm_vr': ('num_projections', 'projection'),
     'anneal_dsm': ('level_logits',),
     'anneal_ssm': ('num_projections', 'projection', 'level_logits'),
-    'continuous_dsm': ('sde', 'eps', 'weighting', 'label_dropout', 'num_classes'),
+    'continuous_dsm': ('sde', 'eps', 'weighting', 'label_dropout', 'num_classes',
+                       'log_sigma_normal', 'sigma_data'),
 }
 
 
@@ -473,7 +541,8 @@ def get_loss(name: str, **options):
 
   options: exact_score_fn (required by 'esm'), num_projections and projection
   (the sliced losses), level_logits (the annealed losses), sde, eps,
-  weighting, label_dropout and num_classes ('continuous_dsm', whose score_fn
+  weighting, label_dropout, num_classes, log_sigma_normal and sigma_data
+  ('continuous_dsm', whose score_fn
   takes σ float32 [N] in place of the level index; sde None is the ladder's
   VE SDE; the labels themselves come with each call); options a loss does
   not use are ignored, so a caller can pass the whole set. A None option keeps the loss's default.

@@ -6,9 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
+from conftest import REPO_ROOT
+from test_cli import run_cli
 from test_train_lib import tiny_config
 
+from ncsn_tf import config as config_lib
 from ncsn_tf.sampling import langevin
 from ncsn_tf.serving import export as export_lib
 from ncsn_tf.serving import module as serving_module
@@ -76,3 +80,36 @@ def test_sample_signature_is_deterministic_in_the_seed(tmp_path):
   c = module.sample(tf.constant(4), tf.constant(2))['samples']
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
+
+
+def test_export_signatures_serves_only_those_named_and_score(tmp_path):
+  config, state = _trained(tmp_path)
+  # Named out of registry order, without `score`: served in registry order, with
+  # `score` (it is serving_default).
+  module = serving_module.ScoreModule(state.ema_model,
+                                      config.replace(export={'signatures': 'sample'}),
+                                      state.sigmas)
+  assert module.signature_names == ('score', 'sample')
+  assert sorted(module.signatures()) == ['sample', 'score', 'serving_default']
+  assert not hasattr(module, 'score_sigma')
+
+
+def test_export_signatures_refuses_an_unknown_name_before_anything_runs(tmp_path):
+  result = run_cli(f'--flagfile={REPO_ROOT}/tf_configs/toy_gmm.cfg', f'--workdir={tmp_path}/run',
+                   '--export_signatures=score,smaple')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: --export_signatures: unknown signature 'smaple'; choose from score,score_sigma,"
+      'sample,inpaint,colorize,log_likelihood,sample_class'], result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_export_signatures_refuses_a_name_the_run_cannot_serve_and_writes_nothing(tmp_path):
+  # A toy has no images to inpaint: refused when the export is built, before any file.
+  config, state = _trained(tmp_path)
+  config = config.replace(export={'signatures': 'score,inpaint'})
+  with pytest.raises(config_lib.ConfigError,
+                     match="^--export_signatures: 'inpaint' does not apply to this run; it can "
+                           'serve score,score_sigma,sample$'):
+    export_lib.export(state.ema_model, config, state.sigmas)
+  assert os.listdir(config.export.export_dir) == []

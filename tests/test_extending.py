@@ -16,14 +16,17 @@ import sys
 
 import numpy as np
 import pytest
+from tensorflow.core.protobuf import saved_model_pb2
 from conftest import REPO_ROOT
 from test_cli import run_cli
 
 PAGE = os.path.join(REPO_ROOT, 'docs', 'extending.md')
-# The page's command with its work shrunk: a tiny U-Net, a few steps and samples.
+# The page's command with its work shrunk: a tiny U-Net, a few steps and samples, and
+# the export cut to the signatures checked here (the image likelihood's would
+# double this file's time; tests/test_serving.py serves every builtin one).
 SMOKE = ('--ngf=4', '--train_minutes=0', '--train_steps=4', '--snapshot_freq=4', '--log_freq=2',
          '--heldout_batches=1', '--num_samples=6', '--sample_batch_size=6', '--sampling_steps=3',
-         '--num_scales=10', '--n_steps_each=1')
+         '--num_scales=10', '--n_steps_each=1', '--export_signatures=score_norm,sample')
 
 SESSION_SCRIPT = """
 import sys, numpy as np, tensorflow as tf
@@ -83,6 +86,10 @@ def test_the_documented_command_trains_samples_and_exports_with_the_extension(ex
   guided = np.load(workdir / 'samples_guided' / 'latest' / 'samples.npz')
   assert guided['samples'].shape[1:] == (8, 8, 1) and set(guided['labels']) == {0, 1}
   assert os.listdir(export_dir) == ['1']
+  # --export_signatures: the two named and `score` (serving_default), read from the proto.
+  proto = saved_model_pb2.SavedModel.FromString((export_dir / '1' / 'saved_model.pb').read_bytes())
+  served = sorted(k for k in proto.meta_graphs[0].signature_def if not k.startswith('__'))
+  assert served == ['sample', 'score', 'score_norm', 'serving_default']
 
 
 def test_a_later_mode_on_the_workdir_imports_the_extension_again(extended_run):

@@ -220,6 +220,70 @@ def test_continuous_dsm_draws_log_uniform_sigma_for_ve_and_uniform_t_for_vp():
   assert scipy.stats.kstest(t, scipy.stats.uniform(eps, 1 - eps).cdf).pvalue > 1e-4
 
 
+def test_truncated_lognormal_sigma_is_the_truncated_normal_quantile():
+  # The inverse CDF at fixed u against scipy's truncnorm quantiles, an independent
+  # closed form, for EDM's P_mean on [-1, 1] data (-1.2), that mean shifted to
+  # data in [0, 1] (-1.9) and a mean above the range (its upper tail only).
+  # The result is float32: rtol 1e-5 is a few of its ulps.
+  u = (np.arange(5_000) + 0.5) / 5_000
+  for m, s, lo, hi in [(-1.2, 1.2, 0.002, 80.0), (-1.9, 1.2, 0.01, 50.0), (5.0, 0.5, 0.01, 20.0)]:
+    a, b = (np.log(lo) - m) / s, (np.log(hi) - m) / s
+    expected = np.exp(scipy.stats.truncnorm.ppf(u, a, b, loc=m, scale=s))
+    # u in float64: at the upper tail a float32 u's round-off alone moves σ by 5e-5.
+    got = losses.truncated_lognormal_sigma(tf.constant(u, tf.float64), m, s, lo, hi).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match='log_std must be > 0'):
+    losses.truncated_lognormal_sigma(u, 0.0, 0.0, 0.01, 1.0)
+
+
+def test_continuous_dsm_draws_edm_lognormal_sigma_inside_the_ve_range():
+  # KS at a fixed seed against the truncated normal of log σ (passes at 1e-4 but
+  # once in 10,000 seeds) and against the paper's log-uniform, which these draws
+  # must fail: n = 20,000 separates the two surely.
+  sde, m, s = noise.VESDE(0.01, 20.0), -1.2, 1.2
+  sigma, _ = _sigmas_seen(20_000, [1, 1], sde=sde, log_sigma_normal=(m, s))
+  a, b = (np.log(0.01) - m) / s, (np.log(20.0) - m) / s
+  log_sigma = np.log(sigma.astype(np.float64))
+  assert scipy.stats.kstest(log_sigma, scipy.stats.truncnorm(a, b, loc=m, scale=s).cdf).pvalue > 1e-4
+  uniform = scipy.stats.uniform(np.log(0.01), np.log(2000.0)).cdf
+  assert scipy.stats.kstest(log_sigma, uniform).pvalue < 1e-10
+  assert sigma.min() >= 0.01 * (1 - 1e-5) and sigma.max() <= 20.0 * (1 + 1e-5)
+  # The time returned is the VE SDE's t(σ); the ladder's own VE SDE (sde=None) draws the same σ.
+  x = tf.zeros([1_000, 2])
+  t, drawn, _, _ = losses.continuous_noise_levels(x, _LADDER, tf.constant([2, 2]), sde=sde,
+                                                  log_sigma_normal=(m, s))
+  np.testing.assert_allclose(sde.sigma(t), drawn, rtol=1e-5)
+  _, ladder_drawn, _, _ = losses.continuous_noise_levels(x, _LADDER, tf.constant([2, 2]),
+                                                         log_sigma_normal=(m, s))
+  np.testing.assert_allclose(ladder_drawn, drawn, rtol=1e-5)
+  with pytest.raises(ValueError, match='applies to the VE SDE, got VPSDE'):
+    losses.continuous_noise_levels(x, _LADDER, tf.constant([2, 2]), sde=noise.VPSDE(),
+                                   log_sigma_normal=(m, s))
+
+
+def test_continuous_dsm_edm_weighting_is_lambda_times_the_denoiser_error():
+  # Karras et al. 2022, eq. 8 and table 1: λ(σ) ‖D − x‖² with λ = (σ² + σ_d²)/(σ σ_d)²
+  # and D = x̃ + σ² s, computed here in float64 from the σ and z the loss drew (not
+  # by the loss's own σ s + z form). The float32 loss cancels x̃ against σ² s at
+  # σ = 20 to ~1e-5 relative: rtol 1e-4.
+  sde, sigma_data = noise.VESDE(0.01, 20.0), 0.5
+  x, seed = _gaussian_data(1_000, [4, 4]), tf.constant([5, 5])
+  score_fn = _scaled_exact_score(0.9)
+  loss, _ = losses.continuous_dsm_per_example(score_fn, x, _LADDER, seed, sde=sde,
+                                              weighting='edm', sigma_data=sigma_data)
+  _, sigma, z, _ = losses.continuous_noise_levels(x, _LADDER, seed, sde=sde)
+  noisy = x + sigma[:, None] * z
+  score = np.asarray(score_fn(noisy, sigma), np.float64)
+  sigma, x64, noisy = (np.asarray(v, np.float64) for v in (sigma, x, noisy))
+  denoised = noisy + sigma[:, None]**2 * score
+  lam = (sigma**2 + sigma_data**2) / (sigma * sigma_data)**2
+  expected = 0.5 * lam * np.sum((denoised - x64)**2, axis=1)
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  with pytest.raises(ValueError, match="weighting 'edm' needs sigma_data > 0"):
+    losses.continuous_dsm_per_example(score_fn, x, _LADDER, seed, sde=sde, weighting='edm')
+
+
 def test_continuous_dsm_level_index_is_the_nearest_level_in_log_sigma():
   sigma, level = _sigmas_seen(5_000, [3, 3], sde=noise.VPSDE())
   # VP's σ(t) runs from ~0.003 to ~150, beyond both ends of the ladder: nearest is the end.
@@ -257,7 +321,7 @@ def test_get_loss_registers_continuous_dsm_with_its_options():
   assert fn.keywords == dict(sde=sde, eps=1e-3, weighting='likelihood')
   assert losses.get_loss('continuous_dsm') is losses.continuous_dsm_per_example
   with pytest.raises(ValueError,
-                     match=r"unknown weighting 'g2'; choose from \('sigma2', 'likelihood'\)"):
+                     match=r"unknown weighting 'g2'; choose from \('sigma2', 'likelihood', 'edm'\)"):
     losses.get_loss('continuous_dsm', weighting='g2')
   with pytest.raises(ValueError, match='eps must be in'):
     losses.get_loss('continuous_dsm', eps=1.5)

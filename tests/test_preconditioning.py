@@ -11,6 +11,8 @@ The references below are closed forms (the Gaussian score) and invariances,
 not the model's own formula.
 """
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from ncsn_tf.models import registry as networks
 from ncsn_tf.models.refinenet import CondRefineNetDilated
 from ncsn_tf.models.unet import ScoreUNet
 from ncsn_tf.training import loop as train_loop
+from ncsn_tf.training import step as train_step
 
 LADDER = np.geomspace(50.0, 0.01, 10)
 SIGMA_DATA = 0.3
@@ -209,3 +212,51 @@ def test_shapes_trains_with_edm_from_the_command_line_flags(tmp_path, model_flag
   assert int(state.step.numpy()) == 2 and state.model.sigma_data == 0.385
   x = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
   assert np.all(np.isfinite(_score(state.ema_model, x, 0)))
+
+
+def test_the_continuous_unet_takes_edm_at_any_sigma():
+  # --noise_embedding=fourier: σ itself is the second argument. Untrained, the
+  # preconditioned U-Net is the Gaussian score −(x − ½)/(σ² + σ_d²) at σ between
+  # and beyond the ladder's levels (a closed form, not the model's formula).
+  keras.utils.set_random_seed(0)
+  model = ScoreUNet(4, [50.0, 0.01], 16, 3, scale_by_sigma=False, norm='none',
+                    sigma_data=SIGMA_DATA, continuous=True).build_for()
+  x = np.random.default_rng(5).random((3, 16, 16, 3)).astype(np.float32)
+  sigma = np.array([0.0137, 0.7, 31.0], np.float32)
+  expected = -(x - 0.5) / (sigma[:, None, None, None]**2 + SIGMA_DATA**2)
+  np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, sigma)), expected, rtol=RTOL,
+                             atol=1e-6)
+
+
+def test_shapes_sde_trains_with_edm_weighting_and_lognormal_sigma(tmp_path):
+  # EDM's training recipe on the continuous U-Net (Karras et al. 2022): the
+  # preconditioned network, λ(σ) and log σ ~ N(P_mean, P_std²) over the VE range.
+  config = config_from_flagfile('shapes_sde', f'--workdir={tmp_path}/run', *TINY,
+                                '--image_size=16', '--preconditioning=edm',
+                                '--scale_by_sigma=false', '--edm_weighting',
+                                '--level_sampling=lognormal', '--level_log_mean=-1.9')
+  loss_fn = train_step.loss_for(config)
+  assert loss_fn.keywords['weighting'] == 'edm'
+  assert loss_fn.keywords['log_sigma_normal'] == (-1.9, 1.2)
+  assert loss_fn.keywords['sigma_data'] == config.model.sigma_data
+  # The held-out loss keeps the paper's log-uniform σ, comparable between runs.
+  assert 'log_sigma_normal' not in train_step.loss_for(config, uniform_levels=True).keywords
+  state = train_loop.train(config)
+  assert int(state.step.numpy()) == 2 and state.model.sigma_data == config.model.sigma_data
+  x = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
+  assert np.all(np.isfinite(keras.ops.convert_to_numpy(
+      state.ema_model(x, np.array([0.05, 5.0], np.float32)))))
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--edm_weighting'], '--edm_weighting: weights the output of --preconditioning=edm'),
+    (['--edm_weighting', '--likelihood_weighting', '--preconditioning=edm',
+      '--scale_by_sigma=false'], '--edm_weighting: and --likelihood_weighting are two weightings'),
+    (['--level_sampling=lognormal', '--sde=vp', '--prior_mean=0'],
+     "--level_sampling: lognormal with continuous_dsm draws σ over the VE SDE's range"),
+    (['--preconditioning=edm', '--scale_by_sigma=false', '--model=mlp', '--dataset=gmm'],
+     '--preconditioning: edm applies to --model=refinenet or unet'),
+])
+def test_edm_training_settings_that_do_not_fit_are_refused(flags, message):
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_from_flagfile('shapes_sde', *flags)

@@ -162,3 +162,32 @@ def test_a_classifier_workdir_with_a_corrupt_config_json_is_refused(tmp_path):
   with pytest.raises(config_lib.ConfigError, match='^--classifier_workdir: .* is not readable JSON'):
     config_lib.validate(config)
   shutil.rmtree(classifier)
+
+
+def test_a_checkpoint_of_another_model_is_named_in_one_line_and_kept(tmp_path):
+  """A workdir reused without its config.json (so the resume rules cannot compare
+  settings) holding a checkpoint of another network: its variables have other
+  shapes, which TensorFlow reports as a ValueError deep in the restore."""
+  from test_train_lib import tiny_config  # pylint: disable=import-outside-toplevel
+  from ncsn_tf.training import loop as train_loop  # pylint: disable=import-outside-toplevel
+  train_loop.train(tiny_config(tmp_path / 'run', train_steps=2, snapshot_freq=2))
+  os.remove(tmp_path / 'run' / 'config.json')
+  before = _tree(tmp_path)
+  result = run_cli(f'--flagfile={CFG}/toy_gmm.cfg', f'--workdir={tmp_path}/run', '--mode=train',
+                   f'--export_dir={tmp_path}/e', '--ngf=8')
+  assert result.returncode == 2, result.stderr[-2000:]
+  # The run's own INFO lines (mode, devices), then the refusal as the last line: no
+  # traceback, and none of TensorFlow's warnings about the abandoned restore.
+  lines = result.stderr.strip().splitlines()
+  assert [l[0] for l in lines[:-1]] == ['I'] * (len(lines) - 1), result.stderr[-2000:]
+  assert lines[-1].startswith(f'error: --workdir: the checkpoint {tmp_path}/run/checkpoints/'
+                              'ckpt-2 does not match this model (Received incompatible tensor')
+  assert lines[-1].endswith(f'delete {tmp_path}/run/checkpoints to start fresh')
+  assert _tree(tmp_path) == before
+  # The other modes restore through restore_for_inference: the same line.
+  from ncsn_tf.runtime import checkpoints  # pylint: disable=import-outside-toplevel
+  other = tiny_config(tmp_path / 'run').replace(model={'ngf': 8})
+  with pytest.raises(config_lib.ConfigError, match=r'^--workdir: the checkpoint .*/ckpt-2 does '
+                     r'not match this model \(Received incompatible tensor'):
+    checkpoints.restore_for_inference(other)
+  assert _tree(tmp_path) == before

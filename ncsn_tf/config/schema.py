@@ -241,8 +241,9 @@ class TrainConfig:
   warmup_steps: int = setting(0, 'Linear learning-rate warmup from 0 over the first N steps.')
   level_sampling: str = setting(
       'uniform', f'One of {", ".join(LEVEL_SAMPLINGS)}: how training draws each '
-      'example\'s noise level; uniform over the ladder (the paper), or log σ ~ '
-      'N(--level_log_mean, --level_log_std²) over it (EDM).', choices=LEVEL_SAMPLINGS)
+      'example\'s noise level; uniform over the ladder (the paper; log-uniform σ for '
+      'continuous_dsm), or log σ ~ N(--level_log_mean, --level_log_std²) over it (EDM; '
+      'continuous_dsm: the VE SDE only, truncated to its σ range).', choices=LEVEL_SAMPLINGS)
   level_log_mean: float = setting(-1.2, '--level_sampling=lognormal: mean of log σ (EDM\'s P_mean).')
   level_log_std: float = setting(
       1.2, '--level_sampling=lognormal: standard deviation of log σ (EDM\'s P_std).')
@@ -291,6 +292,10 @@ class TrainConfig:
   likelihood_weighting: bool = setting(
       False, '--loss=continuous_dsm: weight the loss by g(t)² (Song et al. 2021, maximum '
       'likelihood training) instead of σ².')
+  edm_weighting: bool = setting(
+      False, '--loss=continuous_dsm with --preconditioning=edm: weight ‖D − x‖² by EDM\'s '
+      'λ(σ) = (σ² + σ_d²)/(σ·σ_d)² (Karras et al. 2022), the network output\'s unit '
+      'weight at every σ, instead of σ².')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,6 +412,15 @@ class ExportConfig:
       'or labels); a larger request fails with InvalidArgument instead of allocating without '
       'bound. Stored in the export (the variable max_batch).', flag='export_max_batch',
       resume_safe=True)
+  signatures: str = setting(
+      '', 'Comma-separated signatures to serve, e.g. score,sample (a smaller, faster export); '
+      'empty: every signature that applies to the run (saved_models/README.md). score is '
+      'always served: it is serving_default.', flag='export_signatures', resume_safe=True)
+
+  @property
+  def signature_names(self) -> tuple:
+    """--export_signatures as names, in the order given; () means all that apply."""
+    return tuple(name.strip() for name in self.signatures.split(',') if name.strip())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -266,9 +266,9 @@ def _validate_continuous(config: schema.Config):
   # registries' (models/registry.py, noise/sde.py, sampling/samplers/registry.py:
   # their check_config, run after this by ncsn_tf.api.validate).
   if continuous:
-    _require(m.preconditioning == 'none', 'preconditioning',
-             f'{m.preconditioning} is for the ladder networks; the fourier networks scale '
-             'their own input and output')
+    _require(m.preconditioning == 'none' or m.name == 'unet', 'preconditioning',
+             f'{m.preconditioning} applies to the ladder networks and the fourier U-Net; '
+             f'--model={m.name} scales its own input and output')
     _require(m.sde != 'none', 'noise_embedding',
              'fourier trains on a continuous noise process: pass --sde=ve, vp or subvp')
     _require(t.loss == 'continuous_dsm', 'loss',
@@ -280,6 +280,17 @@ def _validate_continuous(config: schema.Config):
     _require(m.sde != 'none', 'loss', 'continuous_dsm needs --sde=ve, vp or subvp')
   _require(not t.likelihood_weighting or t.loss == 'continuous_dsm', 'likelihood_weighting',
            f'applies to --loss=continuous_dsm, got {t.loss!r}')
+  if t.edm_weighting:
+    _require(t.loss == 'continuous_dsm', 'edm_weighting',
+             f'applies to --loss=continuous_dsm, got {t.loss!r}')
+    _require(not t.likelihood_weighting, 'edm_weighting',
+             'and --likelihood_weighting are two weightings: pass one')
+    _require(m.preconditioning == 'edm', 'edm_weighting',
+             'weights the output of --preconditioning=edm; a σ-scaled score network has '
+             'unit weight under the default σ² weighting already')
+  if t.level_sampling == 'lognormal' and t.loss == 'continuous_dsm':
+    _require(m.sde == 've', 'level_sampling',
+             f'lognormal with continuous_dsm draws σ over the VE SDE\'s range; got --sde={m.sde}')
   # An SDE the registry does not know is refused by its check (ncsn_tf.api.validate).
   _require(m.prior_mean == 0 or m.sde not in ('none', 'vp', 'subvp'), 'prior_mean',
            f'applies to --sde=ve (the VP priors are centred by construction), got --sde={m.sde}')

@@ -25,6 +25,7 @@ from ncsn_tf.models import classifier
 from ncsn_tf.models import registry as networks
 from ncsn_tf.models.score_model import ScoreModel
 from ncsn_tf.runtime import artifacts
+from ncsn_tf.runtime import console
 from ncsn_tf.runtime import devices
 from ncsn_tf.runtime import lr_schedule
 from ncsn_tf.runtime import precision
@@ -130,9 +131,35 @@ def restore_for_inference(config: config_lib.Config, strategy=None) -> TrainStat
   if latest is None:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(config)}: train first '
                             f'(--mode=train with the same --workdir)')
-  state.checkpoint().restore(latest).expect_partial()
+  restore_checked(state.checkpoint(), latest, config, complete=False)
   logging.info('restored %s (step %d)', latest, int(state.step.numpy()))
   return state
+
+
+def restore_checked(checkpoint: tf.train.Checkpoint, path: str, config: config_lib.Config, *,
+                    complete: bool) -> None:
+  """Restores `path` into `checkpoint`, or one ConfigError line if it does not fit.
+
+  complete: every object of `checkpoint` must be in the file (resuming
+  training needs the optimizer's slots too); otherwise only what is there is
+  restored (inference). A variable of another shape (the network or the
+  optimizer's schedule changed, e.g. a workdir reused without its config.json)
+  is a ValueError inside TensorFlow, a missing one an AssertionError: both
+  become one line naming the checkpoint instead of a traceback.
+  """
+  try:
+    status = checkpoint.restore(path)
+    if complete:
+      status.assert_existing_objects_matched()
+    else:
+      status.expect_partial()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+    detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    console.drop_unrestored_warnings()
+    raise config_lib.ConfigError(
+        f'--workdir: the checkpoint {path} does not match this model ({detail}); it was written '
+        f'by another version or configuration: use a new --workdir, or delete '
+        f'{checkpoint_dir(config)} to start fresh') from None
 
 
 def check_resume_config(config: config_lib.Config):

@@ -167,3 +167,24 @@ def expected_retracing():
     yield
   finally:
     logger.removeFilter(drop)
+
+
+class _DropUnrestoredWarnings(logging.Filter):
+
+  def filter(self, record) -> bool:
+    return not UNRESTORED.search(record.getMessage())
+
+
+#: TensorFlow's warnings, at exit, about a checkpoint restore that was abandoned.
+UNRESTORED = re.compile(r'being deleted with unrestored values|Value in checkpoint could not be '
+                        r'found in the restored object')
+
+
+def drop_unrestored_warnings():
+  """After a refused restore (runtime/checkpoints.py `restore_checked`), TensorFlow warns, as
+  the half-restored objects are freed, that values went unrestored: that is the refusal
+  already said in one line, so those warnings are dropped from then on."""
+  logger = logging.getLogger('tensorflow')
+  if not any(isinstance(f, _DropUnrestoredWarnings) for f in logger.filters):
+    logger.addFilter(_DropUnrestoredWarnings())
+

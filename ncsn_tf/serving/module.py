@@ -1,7 +1,8 @@
 """The exported module: one tf.function per served signature, restorable by a model server.
 
 `ScoreModule` serves every entry of the signature registry
-(serving/signatures.py) that applies to the export, in registry order, plus
+(serving/signatures.py) that applies to the export (or those that
+--export_signatures names, with `score`), in registry order, plus
 `serving_default` = `score`, beside the variables `sigmas` (the ladder), the
 string `config_json` (the run's Config), the string `sampler` (the
 sampler's name and settings, e.g. `ode(rtol=1e-05, ...)`) and the int32

@@ -196,9 +196,33 @@ def get_signature(name: str) -> Signature:
   return _SIGNATURES[name]
 
 
+def check_names(chosen) -> None:
+  """ConfigError naming --export_signatures unless every name in `chosen` is registered."""
+  unknown = [name for name in chosen if name not in _SIGNATURES]
+  if unknown:
+    raise config_lib.ConfigError(f'--export_signatures: unknown signature {unknown[0]!r}; '
+                                 f'choose from {",".join(_SIGNATURES)}')
+
+
 def applicable(context: ExportContext) -> list:
-  """The registered signatures an export of `context` has, in registration order."""
-  return [s for s in _SIGNATURES.values() if s.applies(context)]
+  """The signatures an export of `context` has, in registration order.
+
+  Those whose `applies` holds, or with --export_signatures the ones it names
+  (and `score`, the default): a named one that does not apply to the run is a
+  ConfigError, so an export never silently lacks what was asked for.
+  """
+  entries = [s for s in _SIGNATURES.values() if s.applies(context)]
+  chosen = context.config.export.signature_names
+  if not chosen:
+    return entries
+  check_names(chosen)
+  served = {s.name for s in entries}
+  missing = [name for name in chosen if name not in served]
+  if missing:
+    raise config_lib.ConfigError(
+        f'--export_signatures: {missing[0]!r} does not apply to this run; it can serve '
+        f'{",".join(s.name for s in entries)}')
+  return [s for s in entries if s.name in chosen or s.name == SERVING_DEFAULT]
 
 
 # --- helpers of the builtin bodies ----------------------------------------------

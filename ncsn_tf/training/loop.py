@@ -155,16 +155,8 @@ def train(config: config_lib.Config, *, on_snapshot=None) -> checkpoints.TrainSt
   if latest:
     # A checkpoint from before --train_minutes has no train_seconds: restore
     # the rest, and count its training time from zero.
-    try:
-      restoring = state.checkpoint(include_train_seconds=checkpoints._has_train_seconds(latest))
-      restoring.restore(latest).assert_existing_objects_matched()
-    except AssertionError:
-      # The checkpoint's variables do not fit this model (another version of
-      # the code or of the model): say so in one line instead of listing them.
-      raise config_lib.ConfigError(
-          f'--workdir: the checkpoint {latest} does not match this model (written by '
-          f'another version or configuration); use a new --workdir or delete '
-          f'{checkpoints.checkpoint_dir(config)} to start fresh') from None
+    restoring = state.checkpoint(include_train_seconds=checkpoints._has_train_seconds(latest))
+    checkpoints.restore_checked(restoring, latest, config, complete=True)
     logging.info('resumed from %s at step %d', latest, int(state.step.numpy()))
   if chief:  # Once the checkpoint (if any) is known to fit: a refused run changes nothing.
     checkpoints.write_config_json(config)

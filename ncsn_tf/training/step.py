@@ -26,17 +26,24 @@ def loss_for(config: config_lib.Config, *, uniform_levels: bool = False):
   different level distributions.
   """
   t = config.train
-  level_logits = None
+  level_logits = log_sigma_normal = None
   if t.level_sampling == 'lognormal' and not uniform_levels:
+    # The ladder's levels, or the continuous loss's σ over the VE range.
     level_logits = losses.lognormal_level_logits(checkpoints.ladder(config), t.level_log_mean,
                                                  t.level_log_std)
+    log_sigma_normal = (t.level_log_mean, t.level_log_std)
   sde = None
   if t.loss == 'continuous_dsm':
     sde = noise.build_sde(config.model)
+  weighting = 'sigma2'
+  if t.likelihood_weighting:
+    weighting = 'likelihood'
+  elif t.edm_weighting:
+    weighting = 'edm'
   return losses.get_loss(
       t.loss, num_projections=t.num_projections, projection=t.projection,
-      level_logits=level_logits, sde=sde,
-      weighting='likelihood' if t.likelihood_weighting else 'sigma2',
+      level_logits=level_logits, sde=sde, weighting=weighting,
+      log_sigma_normal=log_sigma_normal, sigma_data=config.model.sigma_data,
       label_dropout=t.label_dropout if config.model.class_conditional else None,
       num_classes=networks.label_count(config) if config.model.class_conditional else None,
       exact_score_fn=toy.get_toy(config.data.dataset).score if config.data.is_toy else None)
