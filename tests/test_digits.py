@@ -264,7 +264,8 @@ def test_sample_mode_judges_both_sample_sets_of_a_digits_run(digits_run):
 
 
 @pytest.mark.slow  # 160 s on 2 cores; the test above covers the sample sets and their judge,
-# tests/test_extending.py the cfg's command through run.py with its export.
+# tests/test_extending.py the cfg's command through run.py with a two-signature export,
+# tests/test_python_api.py the image signatures' bodies (sample_class, inpaint, log_likelihood).
 def test_the_digits_flagfile_trains_judges_both_sample_sets_and_exports(tmp_path):
   # The user's command, tf_configs/digits.cfg through run.py, shrunk: training,
   # unconditional samples in samples/ and classifier-free guided ones in

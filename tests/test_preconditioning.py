@@ -199,10 +199,9 @@ def test_the_unet_refuses_sigma_data_with_the_1_over_sigma_output_or_nonpositive
     ScoreUNet(4, LADDER.tolist(), 16, 3, **kwargs)
 
 
-@pytest.mark.parametrize('model_flags', [
-    ('--model=refinenet', '--conditional_norm=false'),
-    ('--model=unet',),  # shapes.cfg's own network (no normalisation)
-])
+# The U-Net (shapes.cfg's and shapes_sde.cfg's network) with EDM from the flags:
+# test_shapes_sde_trains_with_edm_weighting_and_lognormal_sigma below.
+@pytest.mark.parametrize('model_flags', [('--model=refinenet', '--conditional_norm=false')])
 def test_shapes_trains_with_edm_from_the_command_line_flags(tmp_path, model_flags):
   config = config_from_flagfile('shapes', f'--workdir={tmp_path}/run', *TINY, '--image_size=16',
                                 *model_flags, '--preconditioning=edm', '--scale_by_sigma=false',

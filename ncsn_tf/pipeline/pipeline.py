@@ -5,7 +5,7 @@ Every call goes through the functions the command line and the export use:
 the configured sampler (sampling/configured.py ConfiguredSampler) with its
 seed table STREAMS, the guided score models (sampling/guidance.py), the
 conditions (sampling/conditions.py) and the probability-flow ODE likelihood
-(likelihood.py). A call draws one chain of `num` samples on the stream the
+of a run (evaluation/likelihood.py `model_log_prob`). A call draws one chain of `num` samples on the stream the
 export's signatures use ('served': start [seed, 0], chain [seed, 1];
 inpainting and colourisation 'served_condition': [seed, 2], [seed, 3]), so the
 same call with the same seed gives the same answer from a workdir, from its
@@ -30,7 +30,6 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from ncsn_tf import likelihood
 from ncsn_tf import noise
 from ncsn_tf.config import flagfile
 from ncsn_tf.data import pipeline as data_lib
@@ -322,28 +321,21 @@ class Pipeline:
     x = self._batch(x, 'x')
     self._images_in_range(x, 'x', upper_open=True)
     ode = likelihood_eval.ode_settings(config)
-    k = 1 if ode['exact_trace'] else ode['hutchinson_probes']
-    # K copies of the batch, one probe each: every probe's estimate on its own row.
-    stacked = np.concatenate([x] * k)
+    # What --mode=likelihood and the served log_likelihood compute: one path, K probes
+    # along it, their spread the standard error (0 for the exact trace, NaN for one probe).
     with console.expected_retracing():
-      log_prob, nfe = likelihood.log_likelihood(
-          configured.time_score_fn(self._model, self.sde), self.sde, tf.constant(stacked),
-          tf.constant([seed, 0], tf.int32), **{**ode, 'hutchinson_probes': 1})
-    per_probe = log_prob.numpy().astype(np.float64).reshape(k, len(x))
-    mean = per_probe.mean(axis=0)
-    if ode['exact_trace']:
-      stderr = np.zeros_like(mean)
-    elif k == 1:
-      stderr = np.full_like(mean, np.nan)
-    else:
-      stderr = per_probe.std(axis=0, ddof=1) / np.sqrt(k)
+      log_prob, stderr, nfe = likelihood_eval.model_log_prob(
+          config, self._model, tf.constant(x), tf.constant([seed, 0], tf.int32))
+    mean = log_prob.numpy().astype(np.float64)
+    stderr = stderr.numpy().astype(np.float64)
     bpd = bpd_stderr = None
     if self._is_image:
       bpd = likelihood_eval.image_bits_per_dim(config, mean, x).numpy().astype(np.float64)
       # bits/dim is affine in log p with slope −1/(D ln 2) (the logit's log-det is x's alone).
       bpd_stderr = stderr / (np.prod(self.data_shape) * np.log(2.0))
     self.nfe = int(nfe)
-    return LogLikelihood(mean, stderr, bpd, bpd_stderr, self.nfe, 0 if ode['exact_trace'] else k)
+    return LogLikelihood(mean, stderr, bpd, bpd_stderr, self.nfe,
+                         0 if ode['exact_trace'] else ode['hutchinson_probes'])
 
   def inpaint(self, images, mask, *, sampler=None, seed: int = 0, callback=None,
               **settings) -> np.ndarray:
