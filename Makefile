@@ -27,12 +27,19 @@ demo: $(STAMP)
 # holds its own TensorFlow and models; raise the count on a bigger machine:
 # make test TEST_WORKERS=8.
 TEST_WORKERS ?= 2
+# One thread per TensorFlow op in each test process (and the runs it starts): with
+# as many processes as cores, TensorFlow's default pool of one thread per core
+# oversubscribes them, and its threads spin waiting for each other. Measured on 2
+# cores, two heavy tests side by side: 111 s with one thread against 136 s with
+# the default (docs/usage.md, "Tests"). Set it to 0 for TensorFlow's default.
+TEST_OP_THREADS ?= 1
+TEST_ENV := TF_NUM_INTRAOP_THREADS=$(TEST_OP_THREADS)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not docs_check" -q -n $(TEST_WORKERS) --dist worksteal
+	$(TEST_ENV) $(PY) -m pytest -m "not slow and not docs_check" -q -n $(TEST_WORKERS) --dist worksteal
 
 test-all: $(STAMP)
-	$(PY) -m pytest -m "not docs_check" -q -n $(TEST_WORKERS) --dist worksteal
+	$(TEST_ENV) $(PY) -m pytest -m "not docs_check" -q -n $(TEST_WORKERS) --dist worksteal
 
 # Every shell command of README.md and docs/ as written, in order, in a scratch
 # directory after `make demo`, with the work shrunk by NCSN_TF_EXTRA_FLAGS
