@@ -35,11 +35,13 @@ def config_from_flagfile(name, *overrides):
     ncsn_flags.FLAGS.unparse_flags()
 
 
-# cifar10 runs by default; mnist and celeba (24 s each) are slow: their tfds pipelines
-# are tests/test_images.py's, and their flagfiles differ from cifar10's in values only.
+# All slow (cifar10 64 s, mnist and celeba 24 s each): their tfds pipelines under mock data
+# are tests/test_images.py's, the paper's RefineNet tests/test_refinenet.py's, training
+# under MirroredStrategy on two logical CPUs tests/test_train_lib.py's, and the flagfiles'
+# values test_paper_flagfiles_set_the_papers_values below.
 @pytest.mark.parametrize('name,shape,replicas', [
     pytest.param('mnist', (28, 28, 1), 0, marks=pytest.mark.slow),
-    ('cifar10', (32, 32, 3), 2),   # MirroredStrategy on two logical CPUs.
+    pytest.param('cifar10', (32, 32, 3), 2, marks=pytest.mark.slow),  # 2 logical CPUs
     pytest.param('celeba', (32, 32, 3), 0, marks=pytest.mark.slow),
 ])
 def test_paper_flagfiles_train_under_tfds_mock_data(tmp_path, name, shape, replicas):
@@ -56,6 +58,15 @@ def test_paper_flagfiles_train_under_tfds_mock_data(tmp_path, name, shape, repli
   assert os.path.exists(tmp_path / 'run' / 'checkpoints' / 'ckpt-2.index')
   x = np.random.default_rng(0).random((2,) + shape).astype(np.float32)
   assert state.ema_model(x, np.array([0, 9], np.int32)).shape == (2,) + shape
+
+
+@pytest.mark.parametrize('name', ['mnist', 'cifar10', 'celeba'])
+def test_paper_flagfiles_set_the_papers_values(tmp_path, name):
+  config = config_from_flagfile(name, f'--workdir={tmp_path}/run')
+  assert config.model.name == 'refinenet' and config.model.num_scales == 10
+  assert config.model.sigma_begin == 1.0 and config.model.sigma_end == 0.01
+  assert config.sampling.step_lr == 2e-5 and config.sampling.n_steps_each == 100
+  assert config.model.conditional_norm and not config.model.scale_by_sigma
 
 
 def test_a_missing_dataset_stops_at_once_naming_it_and_three_ways(tmp_path):

@@ -201,6 +201,8 @@ def test_the_unet_refuses_sigma_data_with_the_1_over_sigma_output_or_nonpositive
 
 # The U-Net (shapes.cfg's and shapes_sde.cfg's network) with EDM from the flags:
 # test_shapes_sde_trains_with_edm_weighting_and_lognormal_sigma below.
+@pytest.mark.slow  # 32 s; the flags build this model (test_the_flags_build_a_preconditioned_
+# model_that_round_trips) and the trainer trains EDM from the flags (the test below).
 @pytest.mark.parametrize('model_flags', [('--model=refinenet', '--conditional_norm=false')])
 def test_shapes_trains_with_edm_from_the_command_line_flags(tmp_path, model_flags):
   config = config_from_flagfile('shapes', f'--workdir={tmp_path}/run', *TINY, '--image_size=16',

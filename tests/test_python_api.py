@@ -152,6 +152,9 @@ def test_labels_and_inpainting_answer_as_the_export_signatures(digits):
   assert ours['sample_labels'].shape == (5, 8, 8, 1) and digits.num_classes == 10
 
 
+@pytest.mark.slow  # 46 s; the toy's export answers as its workdir (one probe and the exact
+# trace, test_the_export_answers_as_the_workdir_in_a_fresh_process), and the K-probe path
+# through the pipeline is test_likelihood_stderr_comes_from_the_probes.
 def test_the_image_log_likelihood_signature_answers_as_the_pipeline(digits):
   # The served body on an image model (bits/dim in 8-bit units, Hutchinson probes and
   # their spread) against the pipeline's call at the same seed: what an export of this
